@@ -1,0 +1,167 @@
+"""The `interp` command line. Exit codes: 0 success, 2 bad usage or input (one line, no
+traceback), 1 failure while running. Output folders are written whole or not at all."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer._click import exceptions as click_errors  # typer >= 0.26 vendors click
+
+from interp.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="interp-workbench: trace every attention head, find circuits, export reports.")
+
+MODEL = typer.Option("smollm2-135m", "--model", "-m", help="embedded name, .gguf file, HF directory or hub id")
+OUT = typer.Option(..., "--out", "-o", help="output folder (created; existing files of the same name are replaced)")
+JSON = typer.Option(False, "--json", help="print the result as JSON on stdout")
+SEED = typer.Option(0, "--seed", help="seed for every random choice")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)")
+
+
+def _load(model: str, device: Optional[str]):
+    from interp.loading import load_model
+
+    if device is not None:
+        _check_device(device)
+    return load_model(model, device=device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device} is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device} asked for CUDA, but this machine has no CUDA GPU; use --device cpu")
+
+
+def _emit(as_json: bool, doc: dict, human: str) -> None:
+    typer.echo(json.dumps(doc, indent=1, default=str) if as_json else human)
+
+
+@app.command()
+def models(as_json: bool = JSON):
+    """List the embedded models, where their weights come from and whether they are installed."""
+    from interp.loading import cache_root
+    from interp.model_registry import embedded_status
+
+    rows = embedded_status()
+    doc = {"schema": "interp.models/1", "model": None, "cache": str(cache_root()), "models": rows}
+    lines = [f"{r['name']:<14} {'installed' if r['installed'] else 'not installed':<14} {r['description']}" for r in rows]
+    lines.append(f"also: any local .gguf file, local Hugging Face directory, or hub id. Cache: {cache_root()}")
+    _emit(as_json, doc, "\n".join(lines))
+
+
+def _parse_indices(text: Optional[str], what: str) -> Optional[list[int]]:
+    """"0,2,5-7" → [0, 2, 5, 6, 7]; None stays None (meaning all)."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in filter(None, text.split(",")):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise InputError(f"--{what} {text!r} is not a list like 0,2,5-7") from None
+    return out
+
+
+def _read_texts(text: Optional[list[str]], file: Optional[Path]) -> list[str]:
+    texts = list(text or [])
+    if file is not None:
+        if not file.is_file():
+            raise InputError(f"--file {file} does not exist")
+        content = file.read_text(encoding="utf-8", errors="strict")
+        texts.extend(t.strip() for t in content.split("\n\n") if t.strip())
+    if not texts:
+        raise InputError("no input text: pass --text '...' or --file FILE (paragraphs separated by blank lines)")
+    return texts
+
+
+@app.command()
+def trace(
+    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: Optional[str] = DEVICE,
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="a prompt (repeatable)"),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="text file; blank lines separate prompts"),
+    layers: Optional[str] = typer.Option(None, help="layers, e.g. 0,3,10-12 (default all)"),
+    heads: Optional[str] = typer.Option(None, help="heads in each layer, e.g. 0-3 (default all)"),
+    what: str = typer.Option("z,v_norm,resid_norm,entropy,sink_mass", help="activations to keep, comma-separated"),
+    max_pattern_tokens: int = typer.Option(1024, help="refuse full attention patterns for longer prompts"),
+):
+    """Capture per-head activations over prompts into safetensors shards (OUT/capture) plus a summary."""
+    from interp.capture import capture
+    from interp.head_table import HeadTable
+    from interp.output import staged_output, write_json
+
+    texts = _read_texts(text, file)
+    names = [w.strip() for w in what.split(",") if w.strip()]
+    net = _load(model, device)
+    with staged_output(out) as stage:
+        cap = capture(net, texts, names=names, layers=_parse_indices(layers, "layers"), heads=_parse_indices(heads, "heads"),
+                      out_dir=stage / "capture", max_pattern_tokens=max_pattern_tokens)
+        scalar = [n for n in cap.names if n in ("v_norm", "z_norm", "result_norm", "entropy", "max_prob", "sink_mass")]
+        table = HeadTable.from_arrays({n: cap.head_means(n) for n in scalar}, layers=cap.layers, heads=cap.heads,
+                                      model=net.cfg.model_name) if scalar else None
+        body = {"n_prompts": len(texts), "lengths": cap.lengths, "names": cap.names, "layers": cap.layers,
+                "heads": cap.heads, "capture": "capture/capture.json", "head_means": table.to_dict() if table else None}
+        write_json(stage / "trace.json", "trace", net.cfg.model_name, body)
+    doc = {"schema": "interp.trace/1", "model": net.cfg.model_name, **body}
+    _emit(as_json, doc, f"traced {len(texts)} prompts ({sum(cap.lengths)} tokens) of {net.cfg.model_name}; "
+                        f"wrote {out}/trace.json and {out}/capture/")
+
+
+@app.command()
+def atlas(
+    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: Optional[str] = DEVICE,
+    n_texts: int = typer.Option(32, min=1, help="real-text passages to run"),
+    max_tokens: int = typer.Option(128, min=2, help="tokens per passage"),
+):
+    """The main job: every analysis on one model → OUT/report.html (offline) and OUT/atlas.json."""
+    from interp.atlas import run_atlas
+    from interp.output import staged_output
+
+    net = _load(model, device)
+    with staged_output(out) as stage:
+        body = run_atlas(net, stage, seed=seed, n_texts=n_texts, max_tokens=max_tokens)
+    doc = {"schema": "interp.atlas/1", "model": net.cfg.model_name, **body}
+    _emit(as_json, doc, f"atlas of {net.cfg.model_name}: {out}/report.html and {out}/atlas.json")
+
+
+def _register_plugins() -> None:
+    from interp.plugins import load_plugins
+
+    for name, fn in load_plugins().commands:
+        app.command(name)(fn)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the `interp` script: maps errors to one line and an exit code."""
+    logging.basicConfig(level=logging.INFO, format="interp: %(message)s", stream=sys.stderr)
+    _register_plugins()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="interp", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except (InputError, click_errors.UsageError) as err:
+        message = err.format_message() if isinstance(err, click_errors.ClickException) else str(err)
+        typer.echo(f"interp: error: {message}", err=True)
+        code = 2
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interp: interrupted", err=True)
+        code = 130
+    except Exception as err:  # a failure while running: one line, unless debugging
+        if os.environ.get("INTERP_DEBUG"):
+            raise
+        typer.echo(f"interp: failed: {type(err).__name__}: {err} (set INTERP_DEBUG=1 for the traceback)", err=True)
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code

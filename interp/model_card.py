@@ -1,0 +1,43 @@
+"""A model's vital statistics, as the atlas and `interp models` show them."""
+from __future__ import annotations
+
+from typing import Any
+
+from transformer_lens import HookedTransformer
+
+
+def model_card(model: HookedTransformer) -> dict[str, Any]:
+    """Architecture, attention layout, tokenizer facts and provenance of a loaded model."""
+    cfg = model.cfg
+    tok = model.tokenizer
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    card = {
+        "name": cfg.model_name,
+        "architecture": cfg.original_architecture,
+        "source": getattr(model, "source", None),
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_key_value_heads": n_kv,
+        "query_heads_per_kv_head": cfg.n_heads // n_kv,
+        "d_model": cfg.d_model,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "n_ctx": cfg.n_ctx,
+        "d_vocab": cfg.d_vocab,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "attention_layers": _attention_layout(cfg),
+        "normalization": cfg.normalization_type,
+        "dtype": str(cfg.dtype).removeprefix("torch."),
+        "device": str(cfg.device),
+        "prepends_bos": bool(cfg.default_prepend_bos),
+        "bos_token": getattr(tok, "bos_token", None),
+        "has_chat_template": bool(getattr(tok, "chat_template", None)),
+    }
+    return card
+
+
+def _attention_layout(cfg) -> list[str]:
+    """Per layer: "global", or "local(w)" for a sliding window of w keys."""
+    if not cfg.use_local_attn or not cfg.attn_types:
+        return ["global"] * cfg.n_layers
+    return [f"local({cfg.window_size})" if t == "local" else "global" for t in cfg.attn_types]

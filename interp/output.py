@@ -1,0 +1,52 @@
+"""Writing a command's output folder so that a failure leaves nothing half-written behind."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from interp.errors import InputError
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside `out`; on success move its entries into `out`
+    (replacing files of the same name, keeping everything else), on failure delete it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; name a folder (it is created if missing)")
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise InputError(f"the folder {parent} for --out does not exist; create it or choose another --out")
+    stage = parent / f".{out.name}.partial{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    out.mkdir(exist_ok=True)
+    for entry in stage.iterdir():
+        target = out / entry.name
+        if target.is_dir() and entry.is_dir():
+            shutil.rmtree(target)
+        entry.replace(target)
+    stage.rmdir()
+
+
+def write_json(path: Path, kind: str, model: str | None, body: dict[str, Any], version: int = 1) -> None:
+    """A command's JSON: {"schema": "interp.<kind>/<version>", "model": ..., ...body}."""
+    doc = {"schema": f"interp.{kind}/{version}", "model": model, **body}
+    path.write_text(json.dumps(doc, indent=1, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)

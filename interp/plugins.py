@@ -1,0 +1,32 @@
+"""Extension points: analyses outside `interp/` add CLI commands and atlas sections here.
+
+A plugin is an entry point in the group `interp.plugins` naming a function `register(registry)`.
+This keeps the dependency direction one way: `interp` never imports `circuits` or `saes`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+# An atlas section: (model, context) -> (title, html_text, figures, tables, json_body)
+AtlasSection = Callable[[Any, dict], dict]
+
+
+@dataclass
+class Registry:
+    commands: list[tuple[str, Callable]] = field(default_factory=list)
+    atlas_sections: list[tuple[str, AtlasSection]] = field(default_factory=list)
+
+    def command(self, name: str, fn: Callable) -> None:
+        self.commands.append((name, fn))
+
+    def atlas_section(self, name: str, fn: AtlasSection) -> None:
+        self.atlas_sections.append((name, fn))
+
+
+def load_plugins() -> Registry:
+    registry = Registry()
+    for ep in entry_points(group="interp.plugins"):
+        ep.load()(registry)
+    return registry

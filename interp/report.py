@@ -1,0 +1,74 @@
+"""Self-contained HTML reports: plotly.js inlined once, so a report opens offline, with no CDN."""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table.data{border-collapse:collapse;font-size:13px;margin:1em 0}
+table.data td,table.data th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+table.data th{background:#f3f3f3}nav a{margin-right:1em}.note{color:#555}
+"""
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    figures: list[Any] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.title.lower())
+
+
+class Report:
+    """An ordered list of sections (text, plotly figures, tables) rendered to one HTML file."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.sections: list[Section] = []
+
+    def add(self, title: str, *, text: str = "", figures=(), tables=()) -> Section:
+        """Add a section. `text` is HTML; `tables` are (caption, DataFrame) pairs."""
+        section = Section(title, text, list(figures), list(tables))
+        self.sections.append(section)
+        return section
+
+    def to_html(self) -> str:
+        from plotly.offline import get_plotlyjs
+
+        nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in self.sections)
+        body = "\n".join(_render(s) for s in self.sections)
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{_STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
+            f"<body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{body}</body></html>"
+        )
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write atomically: the file appears complete or not at all."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(self.to_html(), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+def _render(section: Section) -> str:
+    parts = [f'<section id="{section.anchor}"><h2>{html.escape(section.title)}</h2>', section.text]
+    for caption, df in section.tables:
+        parts.append(f"<h4>{html.escape(caption)}</h4>")
+        parts.append(df.to_html(classes="data", index=False, float_format=lambda x: f"{x:.4g}", border=0))
+    for fig in section.figures:
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
+    parts.append("</section>")
+    return "\n".join(parts)
