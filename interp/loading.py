@@ -52,12 +52,17 @@ def load_model(
     root = cache_root(cache_dir)
     source = resolve(str(name_or_path), root)
     entry = root / "models" / f"{source.cache_key}-v{CONVERTER_VERSION}"
-    if not (entry / "done").is_file():
+    if not _is_complete(entry):
         if source.kind == "hub":
             _require_network(source.location)
         log.info("converting %s into a HookedTransformer (first load; cached in %s)", source.label, entry)
         _convert_into(source, entry)
     return _place(_load_cached(entry), device, dtype)
+
+
+def _is_complete(entry: Path) -> bool:
+    """A cache entry counts only once its last file, `done`, is written."""
+    return (entry / "done").is_file()
 
 
 def load_hf_model(name_or_path: str, *, cache_dir: str | os.PathLike | None = None) -> tuple[Any, Any]:
@@ -77,14 +82,35 @@ def _load_hf(source: ModelSource) -> tuple[Any, Any]:
         where.update(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
     else:
         where.update(pretrained_model_name_or_path=source.location)
+        _check_hf_config(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
+    except (ValueError, OSError) as err:
+        raise InputError(f"no usable tokenizer in {source.location} ({_first_line(err)}); add the model's tokenizer files") from None
+    try:
         model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, attn_implementation="eager")
     except ValueError as err:
         if "not supported" in str(err) or "Unrecognized" in str(err):
-            raise InputError(f"unsupported architecture in {source.location}: {str(err).splitlines()[0]}") from None
+            raise InputError(f"unsupported architecture in {source.location}: {_first_line(err)}") from None
         raise
     return model.eval(), tokenizer
+
+
+def _check_hf_config(source: ModelSource) -> None:
+    """Name an architecture transformers cannot build before anything else is read."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source.location, local_files_only=source.kind != "hub", trust_remote_code=False)
+    except (ValueError, KeyError) as err:
+        raw = json.loads((Path(source.location) / "config.json").read_text()) if source.kind == "hf_dir" else {}
+        arch = (raw.get("architectures") or [raw.get("model_type", "?")])[0]
+        raise InputError(f"unsupported architecture {arch} in {source.location} ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _require_network(hub_id: str) -> None:
