@@ -1,16 +1,24 @@
-"""interp-workbench: load a model, capture every head, and report what the heads do."""
+"""interp-workbench: load a model, capture every head, and report what the heads do.
+
+    import interp
+    model = interp.load_model("smollm2-135m")          # HookedTransformer, offline, cached
+    cap = interp.capture(model, texts, names=["z", "entropy"], layers=[0, 5])
+    table = interp.head_summary(model, texts)           # HeadTable: one row per (layer, head)
+    table.heatmap("entropy")
+"""
+from interp.capture import ACTIVATIONS, Capture, capture
+from interp.circuit import Circuit, Edge
 from interp.errors import InputError
+from interp.head_stats import head_summary
+from interp.head_table import HeadTable, head_label
 from interp.loading import cache_root, load_hf_model, load_model
+from interp.model_card import model_card
 from interp.model_registry import DEFAULT_MODEL, EMBEDDED, embedded_status
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "EMBEDDED",
-    "InputError",
-    "available_models",
-    "cache_root",
-    "load_hf_model",
-    "load_model",
+    "ACTIVATIONS", "Capture", "Circuit", "DEFAULT_MODEL", "EMBEDDED", "Edge", "HeadTable", "InputError",
+    "available_models", "cache_root", "capture", "embedded_status", "head_label", "head_summary",
+    "load_hf_model", "load_model", "model_card",
 ]
 
 

@@ -20,6 +20,15 @@ def head_label(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python scalars (floats keep all 17 digits in JSON; NaN becomes null)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 class HeadTable:
     """A pandas DataFrame with columns `layer`, `head`, `label` ("L{layer}H{head}") then metrics.
 
@@ -35,6 +44,9 @@ class HeadTable:
         df["head"] = df["head"].astype(int)
         df["label"] = [head_label(l, h) for l, h in zip(df["layer"], df["head"])]
         metrics = [c for c in df.columns if c not in KEY_COLUMNS]
+        for c in metrics:
+            if pd.api.types.is_float_dtype(df[c]):
+                df[c] = df[c].astype("float64")
         self.df = df[KEY_COLUMNS + metrics].sort_values(["layer", "head"]).reset_index(drop=True)
         self.model = model
         self.meta = dict(meta or {})
@@ -105,7 +117,7 @@ class HeadTable:
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        rows = json.loads(self.df.to_json(orient="records", double_precision=15))
+        rows = [{k: _plain(v) for k, v in row.items()} for row in self.df.to_dict(orient="records")]
         return {"schema": SCHEMA, "model": self.model, "metrics": self.metrics, "meta": self.meta, "rows": rows}
 
     def to_json(self, path: str | os.PathLike) -> None:

@@ -1,0 +1,4 @@
+"""`python -m interp` runs the command line."""
+from interp.cli import main
+
+main()

@@ -1,0 +1,87 @@
+"""The `interp` command as a user runs it: exit codes, one-line errors, whole-or-nothing output."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from interp.capture import Capture
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "interp", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def _one_clean_line(proc):
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("interp: converting")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and lines[0].startswith("interp: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["atlas", "--model", "gpt-17", "--out", "{out}"], "unknown model 'gpt-17'; available: smollm2-135m"),
+        (["trace", "--model", "{tmp}/none.gguf", "--out", "{out}", "-t", "hi"], "does not exist"),
+        (["trace", "--out", "{out}"], "no input text"),
+        (["trace", "--out", "{out}", "-t", "hi", "--layers", "3-x"], "is not a list like 0,2,5-7"),
+        (["atlas", "--out", "{out}", "--device", "cuda:0"], "no CUDA GPU"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["atlas", "--out", "{out}", "--n-texts", "0"], "--n-texts"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, expected):
+    import torch
+
+    if "cuda:0" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "out"
+    proc = run(*[a.format(out=out, tmp=tmp_path) for a in args])
+    assert proc.returncode == 2, proc.stderr
+    assert expected in _one_clean_line(proc)
+    assert not out.exists()
+
+
+def test_failure_mid_run_leaves_nothing_half_written(smollm2, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    proc = run("trace", "--out", str(out), "-t", "a prompt longer than four tokens, surely", "--what", "pattern",
+               "--max-pattern-tokens", "4")
+    assert proc.returncode == 2 and "max_pattern_tokens" in _one_clean_line(proc)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_models_json():
+    proc = run("models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "interp.models/1"
+    assert {m["name"] for m in doc["models"]} == {"smollm2-135m", "gemma3-270m"}
+
+
+def test_trace_writes_capture_and_head_means(smollm2, tmp_path):
+    out = tmp_path / "trace"
+    proc = run("trace", "--out", str(out), "-t", "When Mary and John went to the store,", "-t", "The cat sat",
+               "--layers", "0,5-6", "--heads", "0-2", "--what", "z,v_norm,entropy", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "interp.trace/1" and doc["model"] == "smollm2-135m" and doc["layers"] == [0, 5, 6]
+    cap = Capture.load(out / "capture")
+    assert cap.get("z", 5, 1).shape == (3, 3, 64)
+    rows = json.loads((out / "trace.json").read_text())["head_means"]["rows"]
+    assert len(rows) == 9 and {"v_norm", "entropy"} <= set(rows[0])
+
+
+def test_atlas_writes_self_contained_report(smollm2, tmp_path):
+    out = tmp_path / "atlas"
+    proc = run("atlas", "--out", str(out), "--n-texts", "3", "--max-tokens", "32")
+    assert proc.returncode == 0, proc.stderr
+    page = (out / "report.html").read_text()
+    assert "<script src=" not in page and "Plotly" in page and "Model card" in page
+    doc = json.loads((out / "atlas.json").read_text())
+    assert doc["schema"] == "interp.atlas/1" and doc["model"] == "smollm2-135m"
+    assert doc["card"]["n_heads"] == 9 and doc["card"]["n_key_value_heads"] == 3
+    assert len(doc["sections"]["head_summary"]["rows"]) == 30 * 9

@@ -1,0 +1,21 @@
+"""Installation facts a user relies on."""
+import subprocess
+import sys
+from importlib.metadata import entry_points, version
+from pathlib import Path
+
+
+def test_transformers_does_not_mistake_our_kernels_for_hugging_face_kernels():
+    """Our import package `kernels` shares its name with an unrelated HF package transformers probes."""
+    code = ("import kernels, transformers.utils as u; "
+            "print(u.is_kernels_available(), Path(kernels.__file__).parent.parent == Path(sys.argv[1]))")
+    proc = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; " + code, str(Path(__file__).parent.parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
+
+
+def test_distribution_and_console_script():
+    assert version("interp-workbench") == "0.1.0"
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts.get("interp") == "interp.cli:main"
