@@ -95,27 +95,47 @@ def trace(
     heads: Optional[str] = typer.Option(None, help="heads in each layer, e.g. 0-3 (default all)"),
     what: str = typer.Option("z,v_norm,resid_norm,entropy,sink_mass", help="activations to keep, comma-separated"),
     max_pattern_tokens: int = typer.Option(1024, help="refuse full attention patterns for longer prompts"),
+    stats: bool = typer.Option(False, "--stats", help="fused-kernel attention statistics at any length, no pattern "
+                               "(OUT/stats/); replaces the activation capture"),
+    sink_tokens: int = typer.Option(1, min=1, help="with --stats: keys that count as the sink"),
 ):
-    """Capture per-head activations over prompts into safetensors shards (OUT/capture) plus a summary."""
-    from interp.capture import capture
-    from interp.head_table import HeadTable
+    """Capture per-head activations (OUT/capture) or, with --stats, per-head attention statistics
+    from the fused kernels (OUT/stats); both with a per-head summary in OUT/trace.json."""
     from interp.output import staged_output, write_json
 
     texts = _read_texts(text, file)
-    names = [w.strip() for w in what.split(",") if w.strip()]
     net = _load(model, device)
     with staged_output(out) as stage:
-        cap = capture(net, texts, names=names, layers=_parse_indices(layers, "layers"), heads=_parse_indices(heads, "heads"),
-                      out_dir=stage / "capture", max_pattern_tokens=max_pattern_tokens)
-        scalar = [n for n in cap.names if n in ("v_norm", "z_norm", "result_norm", "entropy", "max_prob", "sink_mass")]
-        table = HeadTable.from_arrays({n: cap.head_means(n) for n in scalar}, layers=cap.layers, heads=cap.heads,
-                                      model=net.cfg.model_name) if scalar else None
-        body = {"n_prompts": len(texts), "lengths": cap.lengths, "names": cap.names, "layers": cap.layers,
-                "heads": cap.heads, "capture": "capture/capture.json", "head_means": table.to_dict() if table else None}
+        if stats:
+            body = _trace_stats(net, texts, stage, sink_tokens)
+        else:
+            body = _trace_capture(net, texts, stage, what, layers, heads, max_pattern_tokens)
         write_json(stage / "trace.json", "trace", net.cfg.model_name, body)
     doc = {"schema": "interp.trace/1", "model": net.cfg.model_name, **body}
-    _emit(as_json, doc, f"traced {len(texts)} prompts ({sum(cap.lengths)} tokens) of {net.cfg.model_name}; "
-                        f"wrote {out}/trace.json and {out}/capture/")
+    _emit(as_json, doc, f"traced {len(texts)} prompts ({sum(body['lengths'])} tokens) of {net.cfg.model_name}; "
+                        f"wrote {out}/trace.json and {out}/{'stats' if stats else 'capture'}/")
+
+
+def _trace_capture(net, texts, stage: Path, what, layers, heads, max_pattern_tokens) -> dict:
+    from interp.capture import capture
+    from interp.head_table import HeadTable
+
+    names = [w.strip() for w in what.split(",") if w.strip()]
+    cap = capture(net, texts, names=names, layers=_parse_indices(layers, "layers"), heads=_parse_indices(heads, "heads"),
+                  out_dir=stage / "capture", max_pattern_tokens=max_pattern_tokens)
+    scalar = [n for n in cap.names if n in ("v_norm", "z_norm", "result_norm", "entropy", "max_prob", "sink_mass")]
+    table = HeadTable.from_arrays({n: cap.head_means(n) for n in scalar}, layers=cap.layers, heads=cap.heads,
+                                  model=net.cfg.model_name) if scalar else None
+    return {"mode": "capture", "n_prompts": len(texts), "lengths": cap.lengths, "names": cap.names, "layers": cap.layers,
+            "heads": cap.heads, "capture": "capture/capture.json", "head_means": table.to_dict() if table else None}
+
+
+def _trace_stats(net, texts, stage: Path, sink_tokens: int) -> dict:
+    from interp.stats_trace import stats_trace
+
+    result = stats_trace(net, texts, sink_tokens=sink_tokens, out_dir=stage / "stats")
+    return {"mode": "stats", "n_prompts": len(texts), "lengths": [len(t) for t in result.tokens],
+            "stats": "stats/stats.json", "head_means": result.table.to_dict()}
 
 
 @app.command()

@@ -85,3 +85,16 @@ def test_atlas_writes_self_contained_report(smollm2, tmp_path):
     assert doc["schema"] == "interp.atlas/1" and doc["model"] == "smollm2-135m"
     assert doc["card"]["n_heads"] == 9 and doc["card"]["n_key_value_heads"] == 3
     assert len(doc["sections"]["head_summary"]["rows"]) == 30 * 9
+
+
+def test_trace_stats_uses_kernels_and_writes_shards(smollm2, tmp_path):
+    out = tmp_path / "stats"
+    proc = run("trace", "--stats", "--out", str(out), "-t", "When Mary and John went to the store, John gave a drink to")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "trace.json").read_text())
+    assert doc["mode"] == "stats" and doc["lengths"] == [15]
+    assert {"alpha_first", "sink_rate", "entropy"} <= set(doc["head_means"]["metrics"])
+    from safetensors.torch import load_file
+
+    shard = load_file(str(out / "stats" / "stats-00000.safetensors"))
+    assert shard["entropy"].shape == (30, 9, 15) and shard["alpha"].shape == (30, 9, 15)

@@ -1,0 +1,97 @@
+"""Statistics traces: per-head attention statistics at any context length, no pattern kept.
+
+Each prompt runs alone (no padding) under `kernel_attention`; per layer the kernels give, for
+every head and query, entropy, largest probability and its key, mass on the first
+`sink_tokens` keys and on given spans, and per key the attention received and α (received over
+the number of queries that see the key, Gu et al.). Memory grows linearly in the prompt length.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+from interp.capture import tokenize_prompts
+from interp.head_table import HeadTable
+from interp.kernel_attention import LayerStats, kernel_attention
+
+PER_QUERY = ("entropy", "max_prob", "argmax", "sink_mass")
+PER_KEY = ("alpha",)
+
+
+@dataclass
+class StatsTrace:
+    """Per prompt, a dict of name → tensor [layer, head, pos] (span_mass: [layer, head, pos, span])."""
+
+    model_name: str
+    tokens: list[torch.Tensor]
+    per_prompt: list[dict[str, torch.Tensor]]
+    table: HeadTable
+
+
+def stats_trace(
+    model: HookedTransformer,
+    prompts: Iterable[str | Sequence[int] | torch.Tensor],
+    *,
+    sink_tokens: int = 1,
+    spans: Sequence[tuple[int, int]] | None = None,
+    eps: float = 0.3,
+    backend: str = "auto",
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> StatsTrace:
+    """Trace `prompts`; return per-prompt statistics and a HeadTable of per-head means:
+    entropy, max_prob, sink_mass (means over queries and prompts), alpha_first (α of the first
+    token, mean over prompts) and sink_rate (fraction of prompts with α_first > eps)."""
+    from tqdm.auto import tqdm
+
+    tokens = tokenize_prompts(model, prompts)
+    per_prompt = []
+    for i, toks in enumerate(tqdm(tokens, desc="stats trace", unit="prompt", disable=not progress or len(tokens) < 2)):
+        one = _trace_one(model, toks, sink_tokens, spans, backend)
+        if out_dir is not None:
+            _save(Path(out_dir), i, one)
+        per_prompt.append({k: v for k, v in one.items() if k != "span_mass"} if out_dir is not None else one)
+    table = _summary(model, per_prompt, eps, sink_tokens)
+    if out_dir is not None:
+        index = dict(schema="interp.stats/1", model=model.cfg.model_name, lengths=[len(t) for t in tokens],
+                     fields=list(per_prompt[0]), shape="[layer, head, pos]", sink_tokens=sink_tokens, spans=spans)
+        (Path(out_dir) / "stats.json").write_text(json.dumps(index, indent=1))
+    return StatsTrace(model.cfg.model_name, tokens, per_prompt, table)
+
+
+def _trace_one(model, toks: torch.Tensor, sink_tokens, spans, backend) -> dict[str, torch.Tensor]:
+    layers: dict[int, LayerStats] = {}
+    with torch.no_grad(), kernel_attention(model, sink_tokens=sink_tokens, spans=spans, received=True, backend=backend,
+                                           on_layer=lambda l, s: layers.__setitem__(l, s)):
+        model(toks[None].to(model.cfg.device), return_type=None)
+    order = sorted(layers)
+    out = {name: torch.stack([getattr(layers[l].stats, name)[0] for l in order]) for name in PER_QUERY}
+    out["alpha"] = torch.stack([layers[l].alpha[0] for l in order])
+    if spans:
+        out["span_mass"] = torch.stack([layers[l].stats.span_mass[0] for l in order])
+    return out
+
+
+def _save(folder: Path, i: int, one: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in one.items()}, str(folder / f"stats-{i:05d}.safetensors"))
+
+
+def _summary(model, per_prompt: list[dict[str, torch.Tensor]], eps: float, sink_tokens: int) -> HeadTable:
+    mean_over_tokens = lambda name: torch.cat([p[name] for p in per_prompt], dim=-1).float().mean(-1)
+    alpha_first = torch.stack([p["alpha"][..., 0] for p in per_prompt])  # [prompt, layer, head]
+    return HeadTable.from_arrays(
+        {"entropy": mean_over_tokens("entropy"), "max_prob": mean_over_tokens("max_prob"),
+         "sink_mass": mean_over_tokens("sink_mass"), "alpha_first": alpha_first.mean(0),
+         "sink_rate": (alpha_first > eps).float().mean(0)},
+        model=model.cfg.model_name,
+        meta={"analysis": "stats_trace", "n_prompts": len(per_prompt), "eps": eps, "sink_tokens": sink_tokens,
+              "lengths": [p["entropy"].shape[-1] for p in per_prompt]},
+    )

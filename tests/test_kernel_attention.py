@@ -1,0 +1,68 @@
+"""Fast trace: the model under fused-kernel attention against TransformerLens' eager path."""
+import pytest
+import torch
+
+from interp.capture import capture
+from interp.kernel_attention import kernel_attention
+from interp.stats_trace import stats_trace
+from tiny import random_prompts, tiny_gqa_model
+
+
+def _alpha_from_pattern(pattern: torch.Tensor) -> torch.Tensor:
+    """α_j = Σ_{i≥j} A[i, j] / (number of queries that see j), from a full pattern [head, q, k] (causal)."""
+    n = pattern.shape[-1]
+    seen_by = pattern.new_tensor([n - j for j in range(n)], dtype=torch.float64)
+    return pattern.double().sum(-2) / seen_by
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_tiny_model_outputs_hooks_and_stats_match_eager(backend):
+    model = tiny_gqa_model(n_heads=4, n_kv=2)
+    if backend == "triton":  # Triton needs a power-of-two head dim ≥ 16: rebuild with d_head 16
+        from transformer_lens import HookedTransformer
+
+        cfg = model.cfg.to_dict() | {"d_head": 16, "rotary_dim": 16, "d_model": 64}
+        model = HookedTransformer(type(model.cfg)(**{k: v for k, v in cfg.items() if k in type(model.cfg).__dataclass_fields__ and k not in ("n_params",)})).eval()
+    tokens = random_prompts([23])[0]
+    eager_logits, cache = model.run_with_cache(tokens[None])
+    seen = []
+    with torch.no_grad(), kernel_attention(model, received=True, backend=backend) as trace:
+        fast_logits = model.run_with_hooks(tokens[None], fwd_hooks=[
+            (lambda name: name.endswith(("hook_z", "hook_pattern")), lambda act, hook: seen.append(hook.name))])
+    torch.testing.assert_close(fast_logits, eager_logits, rtol=1e-4, atol=1e-4)
+    assert not any(name.endswith("hook_pattern") for name in seen), "no pattern may exist in the fast path"
+    assert sum(name.endswith("hook_z") for name in seen) == model.cfg.n_layers
+    for layer in range(model.cfg.n_layers):
+        pattern = cache["pattern", layer][0].double()  # [head, q, k]
+        stats = trace.layers[layer].stats
+        torch.testing.assert_close(stats.entropy[0].double(), -(torch.special.xlogy(pattern, pattern)).sum(-1), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stats.max_prob[0].double(), pattern.amax(-1), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stats.sink_mass[0].double(), pattern[..., 0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(trace.layers[layer].alpha[0].double(), _alpha_from_pattern(pattern), rtol=1e-4, atol=1e-6)
+
+
+def test_real_models_match_eager_through_kernels(smollm2, gemma3):
+    from interp.texts import sample_texts
+
+    long_text = " ".join(sample_texts(14, seed=3))  # > 512 tokens for Gemma's sliding-window layers
+    for model, text in ((smollm2, sample_texts(1, seed=5)[0]), (gemma3, long_text)):
+        tokens = model.to_tokens(text)
+        with torch.no_grad():
+            eager = model(tokens).log_softmax(-1)
+            with kernel_attention(model):
+                fast = model(tokens).log_softmax(-1)
+        assert (eager - fast).abs().max().item() < 1e-3, model.cfg.model_name
+
+
+def test_stats_trace_head_table_matches_pattern_statistics(smollm2, real_texts):
+    texts = real_texts[:2]
+    trace = stats_trace(smollm2, texts, progress=False)
+    cap = capture(smollm2, texts, names=["pattern", "entropy"], layers=[0, 7, 29], progress=False)
+    table = trace.table.df.set_index("label")
+    for layer in (0, 7, 29):
+        alpha0 = torch.stack([_alpha_from_pattern(cap.get("pattern", layer, i))[:, 0] for i in range(2)])  # [prompt, head]
+        for head in range(9):
+            label = f"L{layer}H{head}"
+            assert table.loc[label, "alpha_first"] == pytest.approx(alpha0[:, head].mean().item(), abs=1e-5)
+            assert table.loc[label, "sink_rate"] == (alpha0[:, head] > 0.3).float().mean().item()
+        torch.testing.assert_close(trace.per_prompt[1]["entropy"][layer].T, cap.get("entropy", layer, 1), rtol=1e-4, atol=1e-5)
