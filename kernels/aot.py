@@ -15,9 +15,8 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction, native_specialize_impl
 
 from . import triton_forward, triton_received
+from .triton_common import SHARED_MEMORY_BY_ARCH, cuda_config
 
-# Largest dynamic shared memory per block, bytes (CUDA programming guide, per compute capability).
-SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 _OPTIONS = ("num_warps", "num_stages")
 
 
@@ -64,6 +63,10 @@ def _compile_call(kernel: JITFunction, args: tuple, kwargs: dict, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
+def _config(module, head_dim: int, dtype: torch.dtype, arch: int) -> tuple:
+    return cuda_config(module.CUDA_CONFIGS, head_dim, dtype, SHARED_MEMORY_BY_ARCH[arch])
+
+
 def _meta(shape, dtype):
     return torch.empty(shape, dtype=dtype, device="meta")
 
@@ -77,7 +80,7 @@ def compile_forward(head_dim: int, dtype: torch.dtype, arch: int = 90, *, causal
     ranges = [(0, 1)] + [(2 * i + 1, 2 * i + 3) for i in range(n_spans)]
     kernel, (_, args, kwargs) = _record(triton_forward, "_attn_fwd_stats", lambda: triton_forward.forward(
         q, k, k, causal=causal, window=window, scale=head_dim ** -0.5, mass_ranges=ranges,
-        block=triton_forward.CUDA_CONFIGS[head_dim]))
+        block=_config(triton_forward, head_dim, dtype, arch)))
     return _compile_call(kernel, args, kwargs, arch)
 
 
@@ -89,5 +92,5 @@ def compile_received(head_dim: int, dtype: torch.dtype, arch: int = 90, *, causa
     lse = _meta((1, h, n), torch.float32)
     kernel, (_, args, kwargs) = _record(triton_received, "_attn_received", lambda: triton_received.received(
         q, k, lse, causal=causal, window=window, scale=head_dim ** -0.5,
-        block=triton_received.CUDA_CONFIGS[head_dim]))
+        block=_config(triton_received, head_dim, dtype, arch)))
     return _compile_call(kernel, args, kwargs, arch)

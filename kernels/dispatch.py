@@ -2,7 +2,9 @@
 
 Backends: "torch" (kernels.reference, any device) and "triton" (kernels.triton_forward /
 kernels.triton_received; CUDA, or CPU under TRITON_INTERPRET=1). "auto" picks triton for CUDA
-tensors when triton imports and supports the dtype and head dim, torch otherwise.
+tensors when triton imports and supports the dtype (fp16, bf16, fp32), the head dim (a power
+of two in 16..256) and the number of spans (at most 63), torch otherwise. Both entry points are
+inference-only (they run under torch.no_grad; outputs carry no gradient).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from .stats import AttentionStats
 
 BACKENDS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The Triton forward keeps one register accumulator column per span (plus the sink).
+MAX_TRITON_SPANS = 63
 
 
 def _triton_available() -> bool:
@@ -35,7 +39,7 @@ def _triton_head_dim_ok(d: int) -> bool:
     return 16 <= d <= 256 and d & (d - 1) == 0
 
 
-def _check_triton(q: torch.Tensor) -> None:
+def _check_triton(q: torch.Tensor, n_spans: int) -> None:
     """Raise ValueError (one line) unless the Triton backend can run on these tensors."""
     if not _triton_available():
         raise ValueError("backend='triton' needs the triton package, which is not installed")
@@ -46,17 +50,19 @@ def _check_triton(q: torch.Tensor) -> None:
         raise ValueError(f"backend='triton' supports float16, bfloat16 and float32, not {q.dtype}")
     if not _triton_head_dim_ok(q.shape[-1]):
         raise ValueError(f"backend='triton' needs a power-of-two head dim in 16..256, got {q.shape[-1]}")
+    if n_spans > MAX_TRITON_SPANS:
+        raise ValueError(f"backend='triton' supports at most {MAX_TRITON_SPANS} spans, got {n_spans}")
 
 
-def _resolve_backend(backend: str, q: torch.Tensor) -> str:
+def _resolve_backend(backend: str, q: torch.Tensor, n_spans: int = 0) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        usable = (q.device.type == "cuda" and q.dtype in TRITON_DTYPES
+        usable = (q.device.type == "cuda" and q.dtype in TRITON_DTYPES and n_spans <= MAX_TRITON_SPANS
                   and _triton_head_dim_ok(q.shape[-1]) and _triton_available())
         return "triton" if usable else "torch"
     if backend == "triton":
-        _check_triton(q)
+        _check_triton(q, n_spans)
     return backend
 
 
@@ -102,6 +108,7 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+@torch.no_grad()
 def attention_with_stats(q, k, v, *, causal=True, window=None, scale=None, sink_tokens=1,
                          spans=None, backend="auto"):
     """Attention output and per-query statistics in one pass.
@@ -111,7 +118,9 @@ def attention_with_stats(q, k, v, *, causal=True, window=None, scale=None, sink_
     1/sqrt(d)). causal: query i sees keys j <= i; window=w additionally limits it to
     i-w+1 .. i (non-causal: |i-j| < w). sink_tokens: keys 0 .. sink_tokens-1 form
     ``sink_mass``; spans: half-open (start, stop) key ranges, clipped to [0, N], one
-    ``span_mass`` column each. fp16/bf16/fp32 inputs; arithmetic is float32.
+    ``span_mass`` column each. fp16/bf16/fp32 inputs are accumulated in float32 (float64
+    inputs, torch backend only, in float64). backend: "auto", "triton" or "torch" (module
+    docstring); "triton" on CPU tensors needs TRITON_INTERPRET=1, otherwise ValueError.
 
     Returns ``(out, stats)``: out like q (same dtype), stats an ``AttentionStats`` of float32
     ``[B, H, N]`` fields (argmax int64, lowest key index on ties) and span_mass
@@ -123,7 +132,7 @@ def attention_with_stats(q, k, v, *, causal=True, window=None, scale=None, sink_
     window = _check_window(window)
     ranges = _mass_ranges(sink_tokens, spans, q.shape[2])
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    chosen = _resolve_backend(backend, q)
+    chosen = _resolve_backend(backend, q, len(ranges) - 1)
     if chosen == "torch" or q.numel() == 0:
         return reference.forward(q, k, v, causal=causal, window=window, scale=scale, mass_ranges=ranges)
     from . import triton_forward
@@ -131,6 +140,7 @@ def attention_with_stats(q, k, v, *, causal=True, window=None, scale=None, sink_
                                   window=window, scale=scale, mass_ranges=ranges)
 
 
+@torch.no_grad()
 def attention_received(q, k, lse, *, causal=True, window=None, scale=None, backend="auto"):
     """Attention each key receives, from the log-sum-exp of ``attention_with_stats``.
 
@@ -138,7 +148,8 @@ def attention_received(q, k, lse, *, causal=True, window=None, scale=None, backe
     call's q, k, causal, window and scale). With p_ij = exp(s_ij - lse_i), returns
     ``(received, alpha)``, float32 ``[B, H, N]``: received_j = Σ_i p_ij over the queries that
     see key j, alpha_j = received_j / (number of those queries), e.g. N - j when causal with
-    no window (α_j of Gu et al.); alpha is 0 for a key no query sees.
+    no window (α_j of Gu et al.); alpha is 0 for a key no query sees, and a query whose lse
+    is -inf contributes nothing. Deterministic: the same inputs give bitwise the same result.
     """
     _check_qk(q, k)
     if tuple(lse.shape) != tuple(q.shape[:3]):

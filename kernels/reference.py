@@ -62,18 +62,35 @@ def finalize(m, l, t, arg, acc, mass):
     return acc * inv[..., None], lse, entropy, inv, argmax, mass * inv[..., None]
 
 
-def _forward_chunk(q_chunk, k_range, v_range, indicator, mask, scale):
+def _hidden_band(c0: int, c1: int, lo: int, hi: int, causal: bool, window: int | None, device):
+    """Where queries c0..c1-1 do not see keys lo..hi-1, as ``(a, z, hidden)``: only key columns
+    a..z-1 (relative to lo) hold hidden pairs and ``hidden`` is their ``[c1-c0, z-a]`` bool mask
+    on ``device``; None when every pair is visible. Built on the CPU so CUDA never syncs."""
+    mask = visible(torch.arange(c0, c1), torch.arange(lo, hi), causal, window)
+    if mask is None:
+        return None
+    cols = (~mask).any(0).nonzero()
+    a, z = int(cols[0]), int(cols[-1]) + 1
+    return a, z, (~mask[:, a:z]).to(device, non_blocking=True)
+
+
+def _fill_hidden(s: torch.Tensor, band, value: float) -> None:
+    """Set the hidden pairs of a score tile ``[..., C, K]`` to ``value`` in place."""
+    if band is not None:
+        a, z, hidden = band
+        s[..., a:z].masked_fill_(hidden, value)
+
+
+def _forward_chunk(q_chunk, k_range, v_range, indicator, band, scale):
     """Attention of one query chunk over its key range; returns ``finalize`` outputs, argmax local."""
     b, hkv, g, c, d = q_chunk.shape
     s = _scores(q_chunk, k_range, scale)
-    if mask is not None:
-        s.masked_fill_(~mask, -math.inf)
+    _fill_hidden(s, band, -math.inf)
     m, arg = s.max(dim=-1)
     m.masked_fill_(m == -math.inf, 0.0)
     s.sub_(m[..., None])
     p = torch.exp(s)
-    if mask is not None:
-        s.masked_fill_(~mask, 0.0)
+    _fill_hidden(s, band, 0.0)
     l = p.sum(-1)
     t = s.mul_(p).sum(-1)
     flat = p.view(b, hkv, g * c, -1)
@@ -105,10 +122,10 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
     for c0 in range(0, n, rows):
         c1 = min(n, c0 + rows)
         lo, hi = key_bounds(c0, c1, n, causal, window)
-        mask = visible(torch.arange(c0, c1, device=dev), torch.arange(lo, hi, device=dev), causal, window)
+        band = _hidden_band(c0, c1, lo, hi, causal, window, dev)
         indicator = _range_indicator(lo, hi, mass_ranges, cd, dev)
         res = _forward_chunk(qg[:, :, :, c0:c1].to(cd), k[:, :, lo:hi].to(cd), v[:, :, lo:hi].to(cd),
-                             indicator, mask, scale)
+                             indicator, band, scale)
         res = res[:4] + (torch.where(res[4] >= 0, res[4] + lo, res[4]),) + res[5:]
         for view, value in zip(views, res):
             view[:, :, :, c0:c1] = value
@@ -139,9 +156,7 @@ def received(q, k, lse, *, causal: bool, window: int | None, scale: float, chunk
         lo, hi = key_bounds(c0, c1, n, causal, window)
         s = _scores(qg[:, :, :, c0:c1].to(cd), k[:, :, lo:hi].to(cd), scale)
         s.sub_(lse_g[:, :, :, c0:c1, None]).exp_()
-        mask = visible(torch.arange(c0, c1, device=dev), torch.arange(lo, hi, device=dev), causal, window)
-        if mask is not None:
-            s.masked_fill_(~mask, 0.0)
+        _fill_hidden(s, _hidden_band(c0, c1, lo, hi, causal, window, dev), 0.0)
         total[..., lo:hi] += s.sum(-2)
     total = total.flatten(1, 2).to(torch.float32)
     count = queries_per_key(n, causal, window, device=dev)

@@ -22,17 +22,16 @@ import triton
 import triton.language as tl
 
 from .stats import AttentionStats
-from .triton_common import LN2, LOG2E, NEG, block_config, dot_precision, next_pow2, visible
+from .triton_common import (LN2, LOG2E, NEG, dot_precision, interpreter_upcast, launch_config, mma, next_pow2,
+                           visible)
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) by head dim, for CUDA.
-CUDA_CONFIGS = {
-    16: (128, 64, 4, 3),
-    32: (128, 64, 4, 3),
-    64: (128, 64, 4, 3),
-    128: (128, 64, 8, 3),
-    256: (64, 32, 4, 2),
-}
-# Under TRITON_INTERPRET: small blocks so short test sequences still span several blocks.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) by head dim, for CUDA: fp16/bf16 and float32.
+# float32 runs its IEEE dots on CUDA cores and stages twice the bytes, hence smaller tiles.
+HALF_CONFIGS = {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3),
+                128: (128, 64, 8, 3), 256: (64, 32, 4, 2)}
+FP32_CONFIGS = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2),
+                128: (64, 32, 4, 2), 256: (32, 32, 4, 1)}
+CUDA_CONFIGS = (HALF_CONFIGS, FP32_CONFIGS)
 INTERPRET_CONFIG = (16, 16, 1, 1)
 
 
@@ -67,7 +66,7 @@ def _fwd_range(acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, 
                span_lo, span_hi, lo, hi, mass_hi, offs_m, n_ctx, window, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               MASS_PRECISION: tl.constexpr):
+               UPCAST_BF16: tl.constexpr):
     """Online-softmax update of one query block over key blocks lo .. hi (step BLOCK_N)."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
@@ -79,7 +78,7 @@ def _fwd_range(acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, 
             k = tl.load(k_ptrs, mask=offs_n[None, :] < n_ctx, other=0.0)
         else:
             k = tl.load(k_ptrs)
-        x = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+        x = mma(q, k, None, DOT_PRECISION, UPCAST_BF16) * qk_scale
         if MASK:
             x = tl.where(visible(offs_m[:, None], offs_n[None, :], n_ctx, window, CAUSAL, HAS_WINDOW), x, NEG)
         m_blk, a_blk = tl.max(x, 1, return_indices=True)
@@ -94,11 +93,11 @@ def _fwd_range(acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, 
             v = tl.load(v_ptrs, mask=offs_n[:, None] < n_ctx, other=0.0)
         else:
             v = tl.load(v_ptrs)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_BF16)
         mass_i = mass_i * alpha[:, None]
         if start_n < mass_hi:
             inside = (offs_n[:, None] >= span_lo[None, :]) & (offs_n[:, None] < span_hi[None, :])
-            mass_i = tl.dot(p, inside.to(tl.float32), mass_i, input_precision=MASS_PRECISION)
+            mass_i = tl.dot(p, inside.to(tl.float32), mass_i, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i, t_i, arg_i, mass_i
 
@@ -110,7 +109,7 @@ def _attn_fwd_stats(Q, K, V, Out, Lse, Ent, MaxP, ArgMax, Mass, SpanLo, SpanHi,
                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     MASS_COLS: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr, MASS_PRECISION: tl.constexpr):
+                    DOT_PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr):
     """One program: BLOCK_M queries of one (batch, query head); GQA via head // group."""
     start_m = tl.program_id(0)
     off_bh = tl.program_id(1).to(tl.int64)
@@ -141,15 +140,15 @@ def _attn_fwd_stats(Q, K, V, Out, Lse, Ent, MaxP, ArgMax, Mass, SpanLo, SpanHi,
     acc, m_i, l_i, t_i, arg_i, mass_i = _fwd_range(
         acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, stride_vn, span_lo, span_hi,
         lo, mid_lo, mass_hi, offs_m, n_ctx, window, qk_scale,
-        HEAD_DIM, BLOCK_N, CAUSAL, HAS_WINDOW, True, DOT_PRECISION, MASS_PRECISION)
+        HEAD_DIM, BLOCK_N, CAUSAL, HAS_WINDOW, True, DOT_PRECISION, UPCAST_BF16)
     acc, m_i, l_i, t_i, arg_i, mass_i = _fwd_range(
         acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, stride_vn, span_lo, span_hi,
         mid_lo, mid_hi, mass_hi, offs_m, n_ctx, window, qk_scale,
-        HEAD_DIM, BLOCK_N, CAUSAL, HAS_WINDOW, False, DOT_PRECISION, MASS_PRECISION)
+        HEAD_DIM, BLOCK_N, CAUSAL, HAS_WINDOW, False, DOT_PRECISION, UPCAST_BF16)
     acc, m_i, l_i, t_i, arg_i, mass_i = _fwd_range(
         acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, stride_vn, span_lo, span_hi,
         mid_hi, hi, mass_hi, offs_m, n_ctx, window, qk_scale,
-        HEAD_DIM, BLOCK_N, CAUSAL, HAS_WINDOW, True, DOT_PRECISION, MASS_PRECISION)
+        HEAD_DIM, BLOCK_N, CAUSAL, HAS_WINDOW, True, DOT_PRECISION, UPCAST_BF16)
 
     # Rows that saw no key kept m at NEG; give them the documented empty-row values.
     seen = m_i > NEG * 0.5
@@ -180,7 +179,7 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
     """
     b, h, n, d = q.shape
     dev = q.device
-    block_m, block_n, warps, stages = block or block_config(CUDA_CONFIGS, INTERPRET_CONFIG, d, dev)
+    block_m, block_n, warps, stages = block or launch_config(CUDA_CONFIGS, INTERPRET_CONFIG, d, q.dtype, dev)
     out = torch.empty((b, h, n, d), dtype=q.dtype, device=dev)
     lse, ent, maxp = (torch.empty((b, h, n), device=dev, dtype=torch.float32) for _ in range(3))
     argmax = torch.empty((b, h, n), device=dev, dtype=torch.int64)
@@ -195,7 +194,7 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, MASS_COLS=max(16, next_pow2(len(mass_ranges))),
         CAUSAL=causal, HAS_WINDOW=window is not None,
-        DOT_PRECISION=dot_precision(q.dtype), MASS_PRECISION=dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype), UPCAST_BF16=interpreter_upcast(q.dtype, dev),
         num_warps=warps, num_stages=stages)
     stats = AttentionStats(lse=lse, entropy=ent, max_prob=maxp, argmax=argmax,
                            sink_mass=mass[..., 0].contiguous(), span_mass=mass[..., 1:].contiguous())

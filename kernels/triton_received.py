@@ -12,16 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import LOG2E, block_config, dot_precision, visible
+from .triton_common import LOG2E, dot_precision, interpreter_upcast, launch_config, mma, visible
 
-# (BLOCK_N keys, BLOCK_M queries, num_warps, num_stages) by head dim, for CUDA.
-CUDA_CONFIGS = {
-    16: (128, 64, 8, 3),
-    32: (128, 64, 8, 3),
-    64: (128, 64, 8, 3),
-    128: (128, 64, 8, 3),
-    256: (64, 64, 4, 2),
-}
+# (BLOCK_N keys, BLOCK_M queries, num_warps, num_stages) by head dim, for CUDA: fp16/bf16 and float32.
+HALF_CONFIGS = {16: (128, 64, 8, 3), 32: (128, 64, 8, 3), 64: (128, 64, 8, 3),
+                128: (128, 64, 8, 3), 256: (64, 64, 4, 2)}
+FP32_CONFIGS = {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2),
+                128: (64, 32, 4, 2), 256: (32, 32, 4, 2)}
+CUDA_CONFIGS = (HALF_CONFIGS, FP32_CONFIGS)
 INTERPRET_CONFIG = (16, 16, 1, 1)
 
 
@@ -54,7 +52,8 @@ def _query_segments(k_first, n_ctx, window, BLOCK_N: tl.constexpr, BLOCK_M: tl.c
 @triton.jit
 def _recv_range(total, k, q_base, lse_base, stride_qn, offs_n, lo, hi, n_ctx, window, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_WINDOW: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                HAS_WINDOW: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                UPCAST_BF16: tl.constexpr):
     """Add Σ_i p_ij over query blocks lo .. hi (step BLOCK_M) to total[j]."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
@@ -69,7 +68,7 @@ def _recv_range(total, k, q_base, lse_base, stride_qn, offs_n, lo, hi, n_ctx, wi
             lse = tl.load(lse_base + offs_m)
         # A row that saw no key (lse = -inf) gives no attention: use +inf so p = 0.
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
-        x = tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale
+        x = mma(k, qt, None, DOT_PRECISION, UPCAST_BF16) * qk_scale
         p = tl.math.exp2(x - lse2[None, :])
         if MASK:
             p = tl.where(visible(offs_m[None, :], offs_n[:, None], n_ctx, window, CAUSAL, HAS_WINDOW), p, 0.0)
@@ -95,7 +94,8 @@ def _queries_per_key(offs_n, n_ctx, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl
 def _attn_received(Q, K, Lse, Recv, Alpha, sm_scale, n_ctx, n_heads, group, window,
                    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                   CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   UPCAST_BF16: tl.constexpr):
     """One program: BLOCK_N keys of one (batch, query head); GQA via head // group."""
     k_first = tl.program_id(0) * BLOCK_N
     off_bh = tl.program_id(1).to(tl.int64)
@@ -114,11 +114,11 @@ def _attn_received(Q, K, Lse, Recv, Alpha, sm_scale, n_ctx, n_heads, group, wind
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
     lo, mid_lo, mid_hi, hi = _query_segments(k_first, n_ctx, window, BLOCK_N, BLOCK_M, CAUSAL, HAS_WINDOW)
     total = _recv_range(total, k, q_base, lse_base, stride_qn, offs_n, lo, mid_lo, n_ctx, window, qk_scale,
-                        HEAD_DIM, BLOCK_M, CAUSAL, HAS_WINDOW, True, DOT_PRECISION)
+                        HEAD_DIM, BLOCK_M, CAUSAL, HAS_WINDOW, True, DOT_PRECISION, UPCAST_BF16)
     total = _recv_range(total, k, q_base, lse_base, stride_qn, offs_n, mid_lo, mid_hi, n_ctx, window, qk_scale,
-                        HEAD_DIM, BLOCK_M, CAUSAL, HAS_WINDOW, False, DOT_PRECISION)
+                        HEAD_DIM, BLOCK_M, CAUSAL, HAS_WINDOW, False, DOT_PRECISION, UPCAST_BF16)
     total = _recv_range(total, k, q_base, lse_base, stride_qn, offs_n, mid_hi, hi, n_ctx, window, qk_scale,
-                        HEAD_DIM, BLOCK_M, CAUSAL, HAS_WINDOW, True, DOT_PRECISION)
+                        HEAD_DIM, BLOCK_M, CAUSAL, HAS_WINDOW, True, DOT_PRECISION, UPCAST_BF16)
 
     count = _queries_per_key(offs_n, n_ctx, window, CAUSAL, HAS_WINDOW)
     alpha = tl.where(count > 0, total / tl.maximum(count, 1.0), 0.0)
@@ -135,7 +135,7 @@ def received(q, k, lse, *, causal: bool, window: int | None, scale: float,
     """
     b, h, n, d = q.shape
     dev = q.device
-    block_n, block_m, warps, stages = block or block_config(CUDA_CONFIGS, INTERPRET_CONFIG, d, dev)
+    block_n, block_m, warps, stages = block or launch_config(CUDA_CONFIGS, INTERPRET_CONFIG, d, q.dtype, dev)
     lse = lse.to(torch.float32).contiguous()
     total = torch.empty((b, h, n), device=dev, dtype=torch.float32)
     alpha = torch.empty_like(total)
@@ -144,5 +144,6 @@ def received(q, k, lse, *, causal: bool, window: int | None, scale: float,
         q, k, lse, total, alpha, scale, n, h, h // k.shape[1], 0 if window is None else window,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         HEAD_DIM=d, BLOCK_N=block_n, BLOCK_M=block_m, CAUSAL=causal, HAS_WINDOW=window is not None,
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages)
+        DOT_PRECISION=dot_precision(q.dtype),
+        UPCAST_BF16=interpreter_upcast(q.dtype, dev), num_warps=warps, num_stages=stages)
     return total, alpha
