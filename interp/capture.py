@@ -244,21 +244,20 @@ def _batches(tokens: list[torch.Tensor], batch_tokens: int, progress: bool) -> I
 
 
 def _check_layers(model, layers) -> list[int]:
-    n = model.cfg.n_layers
-    layers = list(range(n)) if layers is None else sorted({int(x) for x in layers})
-    bad = [x for x in layers if not 0 <= x < n]
-    if bad or not layers:
-        raise InputError(f"layer {bad[0] if bad else '(none)'} does not exist: the model has layers 0..{n - 1}")
-    return layers
+    return _check_indices(layers, model.cfg.n_layers, "layer", "")
 
 
 def _check_heads(model, heads) -> list[int]:
-    n = model.cfg.n_heads
-    heads = list(range(n)) if heads is None else sorted({int(x) for x in heads})
-    bad = [x for x in heads if not 0 <= x < n]
-    if bad or not heads:
-        raise InputError(f"head {bad[0] if bad else '(none)'} does not exist: the model has heads 0..{n - 1} per layer")
-    return heads
+    return _check_indices(heads, model.cfg.n_heads, "head", " per layer")
+
+
+def _check_indices(values, n: int, what: str, suffix: str) -> list[int]:
+    """Sorted unique indices in 0..n-1 (all when None); InputError naming the first bad one."""
+    values = list(range(n)) if values is None else sorted({int(x) for x in values})
+    bad = [x for x in values if not 0 <= x < n]
+    if bad or not values:
+        raise InputError(f"{what} {bad[0] if bad else '(none)'} does not exist: the model has {what}s 0..{n - 1}{suffix}")
+    return values
 
 
 def _check_names(names) -> list[str]:

@@ -66,12 +66,9 @@ class Circuit:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Circuit":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise InputError(f"circuit file {path} does not exist") from None
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        from interp.output import read_json
+
+        return cls.from_dict(read_json(path, "circuit"))
 
     def graph_figure(self):
         """Plotly figure: nodes placed by layer (y) and head (x), edges drawn with width ∝ |score|."""

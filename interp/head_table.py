@@ -132,13 +132,9 @@ class HeadTable:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "HeadTable":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(f"head table file {path} does not exist") from None
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-        return cls.from_dict(data)
+        from interp.output import read_json
+
+        return cls.from_dict(read_json(path, "head table"))
 
     def to_csv(self, path: str | os.PathLike) -> None:
         self.df.to_csv(path, index=False)

@@ -38,6 +38,16 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     stage.rmdir()
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a JSON file a user named; InputError (one line) if it is missing or malformed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{what} file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
 def write_json(path: Path, kind: str, model: str | None, body: dict[str, Any], version: int = 1) -> None:
     """A command's JSON: {"schema": "interp.<kind>/<version>", "model": ..., ...body}."""
     doc = {"schema": f"interp.{kind}/{version}", "model": model, **body}
