@@ -98,6 +98,7 @@ def trace(
     stats: bool = typer.Option(False, "--stats", help="fused-kernel attention statistics at any length, no pattern "
                                "(OUT/stats/); replaces the activation capture"),
     sink_tokens: int = typer.Option(1, min=1, help="with --stats: keys that count as the sink"),
+    received: bool = typer.Option(False, "--received", help="with --stats: also alpha of every key (a second, key-major pass)"),
 ):
     """Capture per-head activations (OUT/capture) or, with --stats, per-head attention statistics
     from the fused kernels (OUT/stats); both with a per-head summary in OUT/trace.json."""
@@ -107,7 +108,7 @@ def trace(
     net = _load(model, device)
     with staged_output(out) as stage:
         if stats:
-            body = _trace_stats(net, texts, stage, sink_tokens)
+            body = _trace_stats(net, texts, stage, sink_tokens, received)
         else:
             body = _trace_capture(net, texts, stage, what, layers, heads, max_pattern_tokens)
         write_json(stage / "trace.json", "trace", net.cfg.model_name, body)
@@ -130,10 +131,10 @@ def _trace_capture(net, texts, stage: Path, what, layers, heads, max_pattern_tok
             "heads": cap.heads, "capture": "capture/capture.json", "head_means": table.to_dict() if table else None}
 
 
-def _trace_stats(net, texts, stage: Path, sink_tokens: int) -> dict:
+def _trace_stats(net, texts, stage: Path, sink_tokens: int, received: bool) -> dict:
     from interp.stats_trace import stats_trace
 
-    result = stats_trace(net, texts, sink_tokens=sink_tokens, out_dir=stage / "stats")
+    result = stats_trace(net, texts, sink_tokens=sink_tokens, received=received, out_dir=stage / "stats")
     return {"mode": "stats", "n_prompts": len(texts), "lengths": [len(t) for t in result.tokens],
             "stats": "stats/stats.json", "head_means": result.table.to_dict()}
 

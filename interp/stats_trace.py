@@ -4,6 +4,8 @@ Each prompt runs alone (no padding) under `kernel_attention`; per layer the kern
 every head and query, entropy, largest probability and its key, mass on the first
 `sink_tokens` keys and on given spans, and per key the attention received and α (received over
 the number of queries that see the key, Gu et al.). Memory grows linearly in the prompt length.
+α of the first token comes from the per-query sink mass (α_0 = Σ_i sink_mass_i / #queries that
+see key 0); `received=True` adds the key-major pass for α of every key (`alpha`, [layer, head, key]).
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from interp.head_table import HeadTable
 from interp.kernel_attention import LayerStats, kernel_attention
 
 PER_QUERY = ("entropy", "max_prob", "argmax", "sink_mass")
-PER_KEY = ("alpha",)
 
 
 @dataclass
@@ -40,19 +41,21 @@ def stats_trace(
     sink_tokens: int = 1,
     spans: Sequence[tuple[int, int]] | None = None,
     eps: float = 0.3,
+    received: bool = False,
     backend: str = "auto",
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> StatsTrace:
     """Trace `prompts`; return per-prompt statistics and a HeadTable of per-head means:
     entropy, max_prob, sink_mass (means over queries and prompts), alpha_first (α of the first
-    token, mean over prompts) and sink_rate (fraction of prompts with α_first > eps)."""
+    token, mean over prompts) and sink_rate (fraction of prompts with α_first > eps).
+    alpha_first needs sink_tokens=1 (else it measures the first sink_tokens keys together)."""
     from tqdm.auto import tqdm
 
     tokens = tokenize_prompts(model, prompts)
     per_prompt = []
     for i, toks in enumerate(tqdm(tokens, desc="stats trace", unit="prompt", disable=not progress or len(tokens) < 2)):
-        one = _trace_one(model, toks, sink_tokens, spans, backend)
+        one = _trace_one(model, toks, sink_tokens, spans, received, backend)
         if out_dir is not None:
             _save(Path(out_dir), i, one)
         per_prompt.append({k: v for k, v in one.items() if k != "span_mass"} if out_dir is not None else one)
@@ -64,17 +67,26 @@ def stats_trace(
     return StatsTrace(model.cfg.model_name, tokens, per_prompt, table)
 
 
-def _trace_one(model, toks: torch.Tensor, sink_tokens, spans, backend) -> dict[str, torch.Tensor]:
+def _trace_one(model, toks: torch.Tensor, sink_tokens, spans, received, backend) -> dict[str, torch.Tensor]:
     layers: dict[int, LayerStats] = {}
-    with torch.no_grad(), kernel_attention(model, sink_tokens=sink_tokens, spans=spans, received=True, backend=backend,
+    with torch.no_grad(), kernel_attention(model, sink_tokens=sink_tokens, spans=spans, received=received, backend=backend,
                                            on_layer=lambda l, s: layers.__setitem__(l, s)):
         model(toks[None].to(model.cfg.device), return_type=None)
     order = sorted(layers)
     out = {name: torch.stack([getattr(layers[l].stats, name)[0] for l in order]) for name in PER_QUERY}
-    out["alpha"] = torch.stack([layers[l].alpha[0] for l in order])
+    out["alpha_first"] = out["sink_mass"].sum(-1) / _queries_seeing_first(model, len(toks))[:, None]
+    if received:
+        out["alpha"] = torch.stack([layers[l].alpha[0] for l in order])
     if spans:
         out["span_mass"] = torch.stack([layers[l].stats.span_mass[0] for l in order])
     return out
+
+
+def _queries_seeing_first(model, n: int) -> torch.Tensor:
+    """[layer]: how many of n queries see key 0 (all of them, or the first `window` in local layers)."""
+    cfg = model.cfg
+    local = cfg.attn_types if cfg.use_local_attn and cfg.attn_types else ["global"] * cfg.n_layers
+    return torch.tensor([min(n, cfg.window_size) if t == "local" else n for t in local], dtype=torch.float32)
 
 
 def _save(folder: Path, i: int, one: dict[str, torch.Tensor]) -> None:
@@ -86,7 +98,7 @@ def _save(folder: Path, i: int, one: dict[str, torch.Tensor]) -> None:
 
 def _summary(model, per_prompt: list[dict[str, torch.Tensor]], eps: float, sink_tokens: int) -> HeadTable:
     mean_over_tokens = lambda name: torch.cat([p[name] for p in per_prompt], dim=-1).float().mean(-1)
-    alpha_first = torch.stack([p["alpha"][..., 0] for p in per_prompt])  # [prompt, layer, head]
+    alpha_first = torch.stack([p["alpha_first"] for p in per_prompt])  # [prompt, layer, head]
     return HeadTable.from_arrays(
         {"entropy": mean_over_tokens("entropy"), "max_prob": mean_over_tokens("max_prob"),
          "sink_mass": mean_over_tokens("sink_mass"), "alpha_first": alpha_first.mean(0),

@@ -89,7 +89,7 @@ def test_atlas_writes_self_contained_report(smollm2, tmp_path):
 
 def test_trace_stats_uses_kernels_and_writes_shards(smollm2, tmp_path):
     out = tmp_path / "stats"
-    proc = run("trace", "--stats", "--out", str(out), "-t", "When Mary and John went to the store, John gave a drink to")
+    proc = run("trace", "--stats", "--received", "--out", str(out), "-t", "When Mary and John went to the store, John gave a drink to")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "trace.json").read_text())
     assert doc["mode"] == "stats" and doc["lengths"] == [14]  # SmolLM2 prepends no BOS

@@ -56,7 +56,7 @@ def test_real_models_match_eager_through_kernels(smollm2, gemma3):
 
 def test_stats_trace_head_table_matches_pattern_statistics(smollm2, real_texts):
     texts = real_texts[:2]
-    trace = stats_trace(smollm2, texts, progress=False)
+    trace = stats_trace(smollm2, texts, received=True, progress=False)
     cap = capture(smollm2, texts, names=["pattern", "entropy"], layers=[0, 7, 29], progress=False)
     table = trace.table.df.set_index("label")
     for layer in (0, 7, 29):
@@ -65,4 +65,5 @@ def test_stats_trace_head_table_matches_pattern_statistics(smollm2, real_texts):
             label = f"L{layer}H{head}"
             assert table.loc[label, "alpha_first"] == pytest.approx(alpha0[:, head].mean().item(), abs=1e-5)
             assert table.loc[label, "sink_rate"] == (alpha0[:, head] > 0.3).float().mean().item()
+        torch.testing.assert_close(trace.per_prompt[0]["alpha"][layer, :, 0], trace.per_prompt[0]["alpha_first"][layer], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(trace.per_prompt[1]["entropy"][layer].T, cap.get("entropy", layer, 1), rtol=1e-4, atol=1e-5)
