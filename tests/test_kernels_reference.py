@@ -1,0 +1,225 @@
+"""The chunked PyTorch backend against the dense float64 oracle, plus the public interface.
+
+Tolerances (max |error| over max(1, max |expected|), per field): float32 inputs 1e-4 for
+everything. fp16/bf16 inputs are compared with the oracle run on the same rounded inputs; the
+backend computes in float32, so stats keep 1e-4 and only `out`, rounded to the input dtype,
+is looser: 2e-3 (fp16), 1.6e-2 (bf16). argmax is compared where the top-2 probability gap
+exceeds 1e-3.
+"""
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import kernels
+from kernels import reference
+from kernels.masking import queries_per_key
+from test_kernels_dense import assert_stats_close, dense_attention, dense_mask, max_rel_err, random_qkv
+
+OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+CASES = [  # (B, H, H_kv, N, d, causal, window, sink_tokens, spans)
+    (2, 4, 4, 1, 16, True, None, 1, [(0, 1)]),
+    (1, 3, 1, 17, 32, True, None, 4, [(2, 5), (10, 40)]),
+    (2, 4, 1, 77, 16, True, 8, 1, [(0, 77), (30, 31)]),
+    (1, 6, 2, 130, 64, True, 33, 4, []),
+    (1, 4, 4, 77, 16, False, None, 1, [(5, 9)]),
+    (2, 3, 1, 130, 16, False, 10, 4, [(0, 3), (64, 130), (7, 7)]),
+]
+
+
+def _ids(case):
+    b, h, hkv, n, d, causal, window, sink, spans = case
+    return f"N{n}-d{d}-g{h // hkv}-{'causal' if causal else 'full'}-w{window}-s{sink}-{len(spans)}spans"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_forward_matches_dense(case, chunk):
+    b, h, hkv, n, d, causal, window, sink, spans = case
+    q, k, v = random_qkv(b, h, hkv, n, d, spread=2.0)
+    ranges = [(0, min(sink, n))] + [(min(a, n), min(z, n)) for a, z in spans]
+    out, stats = reference.forward(q, k, v, causal=causal, window=window, scale=d ** -0.5,
+                                   mass_ranges=ranges, chunk_size=chunk)
+    ref = dense_attention(q, k, v, causal=causal, window=window, sink_tokens=sink, spans=spans)
+    assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    q, k, v = random_qkv(2, 6, 2, 45, 32, dtype=dtype, spread=2.0)
+    out, stats = kernels.attention_with_stats(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)], backend="torch")
+    assert out.dtype == dtype
+    ref = dense_attention(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)])
+    assert_stats_close(out, stats, ref, out_tol=OUT_TOL[dtype], stat_tol=1e-4)
+
+
+def test_public_api_defaults_and_scale():
+    q, k, v = random_qkv(1, 4, 2, 23, 16)
+    out, stats = kernels.attention_with_stats(q, k, v)
+    assert_stats_close(out, stats, dense_attention(q, k, v), out_tol=1e-4, stat_tol=1e-4)
+    out, stats = kernels.attention_with_stats(q, k, v, scale=0.9, causal=False)
+    assert_stats_close(out, stats, dense_attention(q, k, v, scale=0.9, causal=False), out_tol=1e-4, stat_tol=1e-4)
+    assert stats.span_mass.shape == (1, 4, 23, 0)
+
+
+def test_spans_are_clipped_and_validated():
+    q, k, v = random_qkv(1, 2, 1, 10, 16)
+    _, stats = kernels.attention_with_stats(q, k, v, sink_tokens=50, spans=[(0, 1000), (8, 100), (20, 30)])
+    ones = torch.ones(1, 2, 10)
+    torch.testing.assert_close(stats.sink_mass, ones)
+    torch.testing.assert_close(stats.span_mass[..., 0], ones)
+    assert (stats.span_mass[..., 2] == 0).all()
+    for bad in ([(5, 2)], [(-1, 3)], [(1, 2, 3)], [3]):
+        with pytest.raises(ValueError):
+            kernels.attention_with_stats(q, k, v, spans=bad)
+
+
+def test_strided_inputs_from_bnhd_layout():
+    """Hook tensors arrive as [B, N, H, d]; permuted views must give the same answer."""
+    q, k, v = random_qkv(2, 6, 3, 19, 16)
+    qp, kp, vp = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not qp.is_contiguous()
+    out_a, stats_a = kernels.attention_with_stats(q, k, v, window=5)
+    out_b, stats_b = kernels.attention_with_stats(qp, kp, vp, window=5)
+    torch.testing.assert_close(out_a, out_b)
+    torch.testing.assert_close(stats_a.entropy, stats_b.entropy)
+
+
+def test_float64_inputs_compute_in_float64():
+    q, k, v = random_qkv(1, 2, 1, 33, 16, dtype=torch.float64, spread=3.0)
+    out, stats = kernels.attention_with_stats(q, k, v)
+    ref = dense_attention(q, k, v)
+    assert out.dtype == torch.float64 and stats.lse.dtype == torch.float32
+    assert max_rel_err(out, ref["out"]) < 1e-12
+
+
+def test_argmax_ties_go_to_lowest_index():
+    q = torch.zeros(1, 1, 6, 16)
+    k = torch.randn(1, 1, 6, 16)
+    _, stats = kernels.attention_with_stats(q, k, k, causal=True)
+    assert stats.argmax.tolist() == [[[0] * 6]]
+    torch.testing.assert_close(stats.max_prob[0, 0], 1.0 / torch.arange(1, 7, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("causal,window", [(True, None), (True, 6), (False, None), (False, 5)])
+@pytest.mark.parametrize("chunk", [None, 9])
+def test_received_matches_dense(causal, window, chunk):
+    q, k, v = random_qkv(2, 6, 2, 41, 16, spread=2.0)
+    _, stats = kernels.attention_with_stats(q, k, v, causal=causal, window=window)
+    received, alpha = reference.received(q, k, stats.lse, causal=causal, window=window, scale=0.25, chunk_size=chunk)
+    ref = dense_attention(q, k, v, causal=causal, window=window)
+    assert received.dtype == alpha.dtype == torch.float32
+    assert max_rel_err(received, ref["received"]) < 1e-4
+    assert max_rel_err(alpha, ref["alpha"]) < 1e-4
+
+
+def test_received_public_api_and_sink_alpha():
+    q, k, v = random_qkv(1, 9, 3, 64, 16, spread=2.0)
+    _, stats = kernels.attention_with_stats(q, k, v)
+    received, alpha = kernels.attention_received(q, k, stats.lse)
+    ref = dense_attention(q, k, v)
+    assert max_rel_err(alpha, ref["alpha"]) < 1e-4
+    torch.testing.assert_close(received.sum(-1), torch.full((1, 9), 64.0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(alpha[..., 0], received[..., 0] / 64)
+
+
+def test_received_ignores_rows_with_lse_minus_inf():
+    q, k, v = random_qkv(1, 2, 1, 40, 16)
+    ref = dense_attention(q, k, v, causal=False)
+    lse = ref["lse"].float().clone()
+    lse[:, :, [3, 20, 39]] = float("-inf")
+    received, _ = reference.received(q, k, lse, causal=False, window=None, scale=0.25, chunk_size=16)
+    p = torch.softmax(q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2) * 0.25, -1)
+    p[:, :, [3, 20, 39]] = 0
+    assert max_rel_err(received, p.sum(-2)) < 1e-4
+
+
+def test_queries_per_key_counts_the_mask():
+    cases = [(1, True, None), (13, True, None), (13, True, 4), (13, False, None), (13, False, 4), (5, False, 9)]
+    for n, causal, window in cases:
+        expect = dense_mask(n, causal, window).sum(0).float()
+        assert torch.equal(queries_per_key(n, causal, window), expect)
+
+
+def test_rows_that_see_no_key_are_defined():
+    """Not reachable through the API (window >= 1); the backend's window=0 reaches it."""
+    q, k, v = random_qkv(1, 2, 1, 12, 16)
+    out, stats = reference.forward(q, k, v, causal=True, window=0, scale=0.25, mass_ranges=[(0, 1), (2, 5)])
+    assert (out == 0).all()
+    assert torch.isneginf(stats.lse).all()
+    assert (stats.entropy == 0).all() and (stats.max_prob == 0).all() and (stats.argmax == -1).all()
+    assert (stats.sink_mass == 0).all() and (stats.span_mass == 0).all()
+    received, alpha = reference.received(q, k, stats.lse, causal=True, window=0, scale=0.25)
+    assert (received == 0).all() and (alpha == 0).all()
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the element count of the largest tensor any aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for t in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return result
+
+
+def test_torch_backend_never_builds_an_n_by_n_tile():
+    n = 4096
+    q, k, v = random_qkv(1, 1, 1, n, 16)
+    watch = _LargestTensor()
+    with watch:
+        _, stats = kernels.attention_with_stats(q, k, v, backend="torch")
+        kernels.attention_received(q, k, stats.lse, backend="torch")
+    rows = reference.chunk_rows(1, n)
+    assert rows < n
+    assert watch.largest <= rows * n
+    assert watch.largest * 4 <= n * n
+
+
+def test_validation_errors(monkeypatch):
+    q, k, v = random_qkv(1, 4, 3, 8, 16)
+    with pytest.raises(ValueError, match="multiple"):
+        kernels.attention_with_stats(q, k, k)
+    q, k, v = random_qkv(1, 4, 2, 8, 16)
+    for kwargs in ({"window": 0}, {"window": 2.5}, {"sink_tokens": -1}, {"backend": "cuda"}):
+        with pytest.raises(ValueError):
+            kernels.attention_with_stats(q, k, v, **kwargs)
+    with pytest.raises(ValueError):
+        kernels.attention_with_stats(q, k[:, :, :5], v)
+    with pytest.raises(ValueError):
+        kernels.attention_received(q, k, torch.zeros(1, 4, 7))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        kernels.attention_with_stats(q, k, v, backend="triton")
+
+
+def test_auto_uses_torch_off_cuda():
+    q, k, v = random_qkv(1, 2, 1, 9, 16)
+    out_auto, _ = kernels.attention_with_stats(q, k, v, backend="auto")
+    out_torch, _ = kernels.attention_with_stats(q, k, v, backend="torch")
+    assert torch.equal(out_auto, out_torch)
+
+
+def test_stats_container():
+    q, k, v = random_qkv(1, 2, 1, 9, 16)
+    _, stats = kernels.attention_with_stats(q, k, v, spans=[(0, 2)])
+    assert kernels.AttentionStats.names() == ("lse", "entropy", "max_prob", "argmax", "sink_mass", "span_mass")
+    exported = stats.to_dict()
+    assert set(exported) == set(stats.names()) and exported["lse"] is stats.lse
+    moved = stats.to("cpu")
+    assert isinstance(moved, kernels.AttentionStats) and torch.equal(moved.argmax, stats.argmax)
+    assert math.isclose(float(stats.cpu().sink_mass[0, 0, 0]), 1.0)
+
+
+def test_inference_only_outputs_carry_no_grad():
+    q, k, v = (x.requires_grad_() for x in random_qkv(1, 2, 1, 9, 16))
+    out, stats = kernels.attention_with_stats(q, k, v)
+    received, alpha = kernels.attention_received(q, k, stats.lse)
+    assert not any(t.requires_grad for t in (out, stats.lse, received, alpha))

@@ -1,0 +1,243 @@
+"""The Triton kernels against the dense float64 oracle.
+
+Without a GPU they run under TRITON_INTERPRET=1 (set by tests/conftest.py, and below when this
+file runs on its own) at small shapes with 16×16 blocks, so short sequences still cross several
+blocks, ragged edges and all three loop segments. Tolerances as in test_kernels_reference:
+float32 1e-4; fp16/bf16 `out` 2e-3 / 1.6e-2 (p is rounded to the input dtype for the p·v dot,
+as in FlashAttention) and stats 2e-3 (on CUDA the mass dot of half inputs runs in tf32).
+CUDA-only tests are marked `cuda`; the ahead-of-time compile test needs the ptxas in the
+triton wheel, not a GPU.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+import kernels  # noqa: E402
+from kernels import triton_forward, triton_received  # noqa: E402
+from test_kernels_dense import assert_stats_close, dense_attention, max_rel_err, random_qkv  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+STAT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-3}
+REPO = Path(__file__).resolve().parents[1]
+
+CASES = [  # (B, H, H_kv, N, d, causal, window, sink_tokens, spans)
+    (2, 2, 2, 1, 16, True, None, 1, [(0, 1)]),
+    (1, 3, 1, 17, 16, True, None, 4, [(2, 5)]),
+    (1, 4, 1, 77, 16, True, 20, 1, [(0, 77), (30, 31)]),
+    (1, 2, 2, 130, 16, True, 33, 4, []),
+    (1, 2, 1, 77, 32, False, None, 1, [(5, 9)]),
+    (1, 3, 1, 61, 16, False, 10, 4, [(0, 3), (40, 61)]),
+]
+
+
+def _ids(case):
+    b, h, hkv, n, d, causal, window, sink, spans = case
+    return f"N{n}-d{d}-g{h // hkv}-{'causal' if causal else 'full'}-w{window}-s{sink}-{len(spans)}spans"
+
+
+def _run(q, k, v, *, causal=True, window=None, sink=1, spans=(), block=None):
+    ranges = [(0, min(sink, q.shape[2]))] + [(min(a, q.shape[2]), min(z, q.shape[2])) for a, z in spans]
+    q, k, v = (x.to(DEVICE) for x in (q, k, v))
+    out, stats = triton_forward.forward(q, k, v, causal=causal, window=window, scale=q.shape[-1] ** -0.5,
+                                        mass_ranges=ranges, block=block)
+    return out.cpu(), stats.cpu()
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_forward_matches_dense(case):
+    b, h, hkv, n, d, causal, window, sink, spans = case
+    q, k, v = random_qkv(b, h, hkv, n, d, spread=2.0)
+    out, stats = _run(q, k, v, causal=causal, window=window, sink=sink, spans=spans)
+    ref = dense_attention(q, k, v, causal=causal, window=window, sink_tokens=sink, spans=spans)
+    assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+
+
+@pytest.mark.parametrize("d,n", [(64, 40), (128, 33), (256, 20)])
+def test_head_dims(d, n):
+    q, k, v = random_qkv(1, 2, 1, n, d, spread=2.0)
+    out, stats = _run(q, k, v, window=11, sink=4, spans=[(1, 6)])
+    ref = dense_attention(q, k, v, window=11, sink_tokens=4, spans=[(1, 6)])
+    assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    q, k, v = random_qkv(1, 4, 2, 50, 32, dtype=dtype, spread=2.0)
+    out, stats = _run(q, k, v, window=19, sink=4, spans=[(3, 9)])
+    assert out.dtype == dtype
+    ref = dense_attention(q, k, v, window=19, sink_tokens=4, spans=[(3, 9)])
+    assert_stats_close(out, stats, ref, out_tol=OUT_TOL[dtype], stat_tol=STAT_TOL[dtype])
+
+
+@pytest.mark.parametrize("block", [(32, 16, 1, 1), (16, 32, 1, 1)])
+@pytest.mark.parametrize("causal,window", [(True, 21), (False, 13)])
+def test_unequal_blocks(block, causal, window):
+    q, k, v = random_qkv(1, 2, 1, 70, 16, spread=2.0)
+    out, stats = _run(q, k, v, causal=causal, window=window, spans=[(10, 50)], block=block)
+    ref = dense_attention(q, k, v, causal=causal, window=window, spans=[(10, 50)])
+    assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+
+
+@pytest.mark.parametrize("window", [15, 16, 17, 31])
+@pytest.mark.parametrize("causal", [True, False])
+def test_windows_at_block_edges(causal, window):
+    """Windows one off a multiple of the 16-wide blocks move the mask-free segment's bounds."""
+    q, k, v = random_qkv(1, 1, 1, 64, 16, spread=2.0)
+    out, stats = _run(q, k, v, causal=causal, window=window, spans=[(16, 33)])
+    ref = dense_attention(q, k, v, causal=causal, window=window, spans=[(16, 33)])
+    assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+    received, alpha = triton_received.received(q.to(DEVICE), k.to(DEVICE), ref["lse"].float().to(DEVICE),
+                                               causal=causal, window=window, scale=0.25)
+    assert max_rel_err(received.cpu(), ref["received"]) < 1e-4
+
+
+@pytest.mark.parametrize("causal,window", [(True, None), (True, 9), (False, None), (False, 7)])
+def test_received_matches_dense(causal, window):
+    q, k, v = random_qkv(1, 6, 2, 53, 16, spread=2.0)
+    ref = dense_attention(q, k, v, causal=causal, window=window)
+    lse = ref["lse"].float().to(DEVICE)
+    received, alpha = triton_received.received(q.to(DEVICE), k.to(DEVICE), lse, causal=causal,
+                                               window=window, scale=0.25)
+    assert max_rel_err(received.cpu(), ref["received"]) < 1e-4
+    assert max_rel_err(alpha.cpu(), ref["alpha"]) < 1e-4
+
+
+@pytest.mark.parametrize("block", [(32, 16, 1, 1), (16, 32, 1, 1)])
+def test_received_unequal_blocks_and_deterministic(block):
+    q, k, v = random_qkv(2, 3, 1, 45, 16, spread=2.0)
+    ref = dense_attention(q, k, v, window=12)
+    q, k, lse = q.to(DEVICE), k.to(DEVICE), ref["lse"].float().to(DEVICE)
+    first = triton_received.received(q, k, lse, causal=True, window=12, scale=0.25, block=block)
+    second = triton_received.received(q, k, lse, causal=True, window=12, scale=0.25, block=block)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert max_rel_err(first[1].cpu(), ref["alpha"]) < 1e-4
+
+
+def test_public_api_triton_backend_agrees_with_torch():
+    q, k, v = random_qkv(1, 4, 1, 37, 16, spread=2.0)
+    q, k, v = (x.to(DEVICE) for x in (q, k, v))
+    out_t, stats_t = kernels.attention_with_stats(q, k, v, window=15, sink_tokens=4, spans=[(2, 30)], backend="triton")
+    out_r, stats_r = kernels.attention_with_stats(q, k, v, window=15, sink_tokens=4, spans=[(2, 30)], backend="torch")
+    assert max_rel_err(out_t, out_r) < 1e-4
+    for name in ("lse", "entropy", "max_prob", "sink_mass", "span_mass"):
+        assert max_rel_err(getattr(stats_t, name), getattr(stats_r, name)) < 1e-4, name
+    recv_t = kernels.attention_received(q, k, stats_t.lse, window=15, backend="triton")
+    recv_r = kernels.attention_received(q, k, stats_r.lse, window=15, backend="torch")
+    assert all(max_rel_err(a, b) < 1e-4 for a, b in zip(recv_t, recv_r))
+
+
+def test_triton_backend_rejects_what_it_cannot_run():
+    q, k, v = random_qkv(1, 2, 1, 8, 16)
+    with pytest.raises(ValueError, match="spans"):
+        kernels.attention_with_stats(q, k, v, spans=[(0, 1)] * 64, backend="triton")
+    with pytest.raises(ValueError, match="head dim"):
+        kernels.attention_with_stats(*random_qkv(1, 2, 1, 8, 24), backend="triton")
+    with pytest.raises(ValueError, match="float"):
+        kernels.attention_with_stats(*random_qkv(1, 2, 1, 8, 16, dtype=torch.float64), backend="triton")
+
+
+def test_rows_that_see_no_key_are_defined():
+    """Not reachable through the API (window >= 1); the kernels' window=0 reaches it."""
+    q, k, v = random_qkv(1, 2, 1, 20, 16)
+    out, stats = _run(q, k, v, window=0, spans=[(0, 20)])
+    assert (out == 0).all() and torch.isneginf(stats.lse).all()
+    assert (stats.entropy == 0).all() and (stats.max_prob == 0).all() and (stats.argmax == -1).all()
+    assert (stats.sink_mass == 0).all() and (stats.span_mass == 0).all()
+    received, alpha = triton_received.received(q.to(DEVICE), k.to(DEVICE), stats.lse.to(DEVICE),
+                                               causal=True, window=0, scale=0.25)
+    assert (received == 0).all() and (alpha == 0).all()
+
+
+def test_received_ignores_rows_with_lse_minus_inf():
+    q, k, v = random_qkv(1, 2, 1, 40, 16)
+    ref = dense_attention(q, k, v, causal=False)
+    lse = ref["lse"].float().clone()
+    lse[:, :, [3, 20, 39]] = float("-inf")
+    received, _ = triton_received.received(q.to(DEVICE), k.to(DEVICE), lse.to(DEVICE), causal=False,
+                                           window=None, scale=0.25)
+    p = torch.softmax(q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2) * 0.25, -1)
+    p[:, :, [3, 20, 39]] = 0
+    assert max_rel_err(received.cpu(), p.sum(-2)) < 1e-4
+
+
+def test_argmax_ties_go_to_lowest_index_across_blocks():
+    q = torch.zeros(1, 1, 40, 16)
+    k = torch.randn(1, 1, 40, 16)
+    _, stats = _run(q, k, k)
+    assert (stats.argmax == 0).all()
+
+
+_AOT_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from kernels import aot
+    from kernels.triton_common import SHARED_MEMORY_BY_ARCH
+    jobs = [(aot.compile_forward, 64, torch.bfloat16, 90, True, None),
+            (aot.compile_forward, 64, torch.float32, 90, True, None),
+            (aot.compile_forward, 256, torch.bfloat16, 90, True, 512),
+            (aot.compile_forward, 128, torch.float16, 80, False, 256),
+            (aot.compile_received, 128, torch.bfloat16, 90, True, None),
+            (aot.compile_received, 64, torch.float16, 80, False, 256)]
+    for fn, d, dtype, arch, causal, window in jobs:
+        c = fn(d, dtype, arch, causal=causal, window=window)
+        assert c.asm["cubin"], fn.__name__
+        assert c.metadata.shared <= SHARED_MEMORY_BY_ARCH[arch], (fn.__name__, d, arch, c.metadata.shared)
+        print(fn.__name__, d, dtype, arch, "shared", c.metadata.shared)
+        if dtype == torch.float32:  # IEEE float32 dots run on CUDA cores
+            continue
+        t = "bf16" if dtype == torch.bfloat16 else "f16"
+        mma = "wgmma.mma_async" if arch >= 90 else "mma.sync"
+        assert any(mma in line and f".{t}.{t}" in line for line in c.asm["ptx"].splitlines()), \
+            (fn.__name__, d, arch, "no tensor-core MMA on the inputs")
+""")
+
+
+def _ptxas() -> Path:
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+
+
+@pytest.mark.skipif(not _ptxas().exists(), reason="triton wheel has no NVIDIA backend/ptxas: cannot compile for CUDA")
+def test_kernels_compile_for_sm90_and_sm80(tmp_path):
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("shared") == 6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("d,h,hkv", [(64, 9, 3), (128, 32, 8)])
+def test_cuda_bf16_against_torch_backend(d, h, hkv):
+    q, k, v = (x.cuda() for x in random_qkv(2, h, hkv, 1000, d, dtype=torch.bfloat16, spread=2.0))
+    out_t, stats_t = kernels.attention_with_stats(q, k, v, sink_tokens=4, spans=[(0, 100)], backend="triton")
+    out_r, stats_r = kernels.attention_with_stats(q, k, v, sink_tokens=4, spans=[(0, 100)], backend="torch")
+    assert max_rel_err(out_t, out_r) < OUT_TOL[torch.bfloat16]
+    for name in ("lse", "entropy", "max_prob", "sink_mass", "span_mass"):
+        assert max_rel_err(getattr(stats_t, name), getattr(stats_r, name)) < 5e-3, name
+    first = kernels.attention_received(q, k, stats_t.lse, backend="triton")
+    second = kernels.attention_received(q, k, stats_t.lse, backend="triton")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    ref = kernels.attention_received(q, k, stats_t.lse, backend="torch")
+    assert all(max_rel_err(a, b) < 1e-3 for a, b in zip(first, ref))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_float32_and_window_against_dense():
+    q, k, v = random_qkv(1, 4, 2, 300, 64, spread=2.0)
+    out, stats = kernels.attention_with_stats(q.cuda(), k.cuda(), v.cuda(), window=100, spans=[(5, 50)])
+    ref = dense_attention(q, k, v, window=100, spans=[(5, 50)])
+    assert_stats_close(out.cpu(), stats.cpu(), ref, out_tol=1e-4, stat_tol=1e-4)
