@@ -34,13 +34,14 @@ def child(model_name: str, n: int, mode: str, device: str) -> dict:
     import torch
 
     import interp
+    from interp.kernel_attention import extend_context
     from interp.stats_trace import stats_trace
     from interp.texts import reference_paragraphs
 
     model = interp.load_model(model_name, device=device)
-    text = " ".join(reference_paragraphs())
-    tokens = model.to_tokens(text)[0, :n]
-    assert len(tokens) == n, f"corpus too short for {n} tokens"
+    extend_context(model, n)  # past the trained context (SmolLM2: 8K) positions are extrapolated
+    corpus = model.to_tokens(" ".join(reference_paragraphs()), truncate=False)[0]  # about 60K tokens
+    tokens = corpus.repeat(n // len(corpus) + 1)[:n]
     torch.set_grad_enabled(False)
     base = _rss_mib()
     if device.startswith("cuda"):

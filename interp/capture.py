@@ -11,7 +11,8 @@ Activation names (per layer; `pos` is the prompt's own length, `head` the select
   z              [pos, head, d_head]   hook_z, the value-weighted sum each head writes through W_O
   result         [pos, head, d_model]  each head's write to the residual stream, z_h @ W_O[h]
   v_norm, z_norm, result_norm  [pos, head]  L2 norms of the above
-  resid_norm     [pos]                 L2 norm of the residual stream entering the layer (hook_resid_pre)
+  resid          [pos, d_model]        the residual stream entering the layer (hook_resid_pre)
+  resid_norm     [pos]                 its L2 norm
   pattern        [head, pos, pos]      attention pattern; only for inputs up to `max_pattern_tokens`
   entropy        [pos, head]           entropy of each query's attention distribution (nats)
   max_prob       [pos, head]           largest attention probability of each query
@@ -33,12 +34,12 @@ from interp.errors import InputError
 
 QUERY_STATS = ("entropy", "max_prob", "sink_mass")
 HEAD_ACTIVATIONS = ("q", "k", "v", "rot_q", "rot_k", "z", "result", "v_norm", "z_norm", "result_norm", "pattern") + QUERY_STATS
-ACTIVATIONS = HEAD_ACTIVATIONS + ("resid_norm",)
+ACTIVATIONS = HEAD_ACTIVATIONS + ("resid", "resid_norm")
 _HOOK_OF = {
     "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "rot_q": "attn.hook_rot_q",
     "rot_k": "attn.hook_rot_k", "z": "attn.hook_z", "result": "attn.hook_z", "v_norm": "attn.hook_v",
     "z_norm": "attn.hook_z", "result_norm": "attn.hook_z", "pattern": "attn.hook_pattern",
-    "resid_norm": "hook_resid_pre", "entropy": "attn.hook_pattern", "max_prob": "attn.hook_pattern",
+    "resid": "hook_resid_pre", "resid_norm": "hook_resid_pre", "entropy": "attn.hook_pattern", "max_prob": "attn.hook_pattern",
     "sink_mass": "attn.hook_pattern",
 }
 
@@ -204,6 +205,8 @@ def _deriver(model: HookedTransformer, layer: int, name: str, heads: list[int]) 
         return lambda a: a.index_select(1, idx)
     if name in QUERY_STATS:
         return lambda a: _query_stat(name, a.index_select(1, idx)).transpose(1, 2)
+    if name == "resid":
+        return lambda a: a
     if name == "resid_norm":
         return lambda a: a.norm(dim=-1)
     if name in ("k", "v", "rot_k", "v_norm"):

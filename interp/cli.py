@@ -24,7 +24,8 @@ SEED = typer.Option(0, "--seed", help="seed for every random choice")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)")
 
 
-def _load(model: str, device: Optional[str]):
+def load_cli_model(model: str, device: Optional[str]):
+    """The model a command's --model and --device name (InputError for a bad device)."""
     from interp.loading import load_model
 
     if device is not None:
@@ -43,7 +44,8 @@ def _check_device(device: str) -> None:
         raise InputError(f"--device {device} asked for CUDA, but this machine has no CUDA GPU; use --device cpu")
 
 
-def _emit(as_json: bool, doc: dict, human: str) -> None:
+def emit(as_json: bool, doc: dict, human: str) -> None:
+    """Print the command's result: the JSON document with --json, else the one-line summary."""
     typer.echo(json.dumps(doc, indent=1, default=str) if as_json else human)
 
 
@@ -57,7 +59,7 @@ def models(as_json: bool = JSON):
     doc = {"schema": "interp.models/1", "model": None, "cache": str(cache_root()), "models": rows}
     lines = [f"{r['name']:<14} {'installed' if r['installed'] else 'not installed':<14} {r['description']}" for r in rows]
     lines.append(f"also: any local .gguf file, local Hugging Face directory, or hub id. Cache: {cache_root()}")
-    _emit(as_json, doc, "\n".join(lines))
+    emit(as_json, doc, "\n".join(lines))
 
 
 def _parse_indices(text: Optional[str], what: str) -> Optional[list[int]]:
@@ -105,7 +107,7 @@ def trace(
     from interp.output import staged_output, write_json
 
     texts = _read_texts(text, file)
-    net = _load(model, device)
+    net = load_cli_model(model, device)
     with staged_output(out) as stage:
         if stats:
             body = _trace_stats(net, texts, stage, sink_tokens, received)
@@ -113,7 +115,7 @@ def trace(
             body = _trace_capture(net, texts, stage, what, layers, heads, max_pattern_tokens)
         write_json(stage / "trace.json", "trace", net.cfg.model_name, body)
     doc = {"schema": "interp.trace/1", "model": net.cfg.model_name, **body}
-    _emit(as_json, doc, f"traced {len(texts)} prompts ({sum(body['lengths'])} tokens) of {net.cfg.model_name}; "
+    emit(as_json, doc, f"traced {len(texts)} prompts ({sum(body['lengths'])} tokens) of {net.cfg.model_name}; "
                         f"wrote {out}/trace.json and {out}/{'stats' if stats else 'capture'}/")
 
 
@@ -149,11 +151,11 @@ def atlas(
     from interp.atlas import run_atlas
     from interp.output import staged_output
 
-    net = _load(model, device)
+    net = load_cli_model(model, device)
     with staged_output(out) as stage:
         body = run_atlas(net, stage, seed=seed, n_texts=n_texts, max_tokens=max_tokens)
     doc = {"schema": "interp.atlas/1", "model": net.cfg.model_name, **body}
-    _emit(as_json, doc, f"atlas of {net.cfg.model_name}: {out}/report.html and {out}/atlas.json")
+    emit(as_json, doc, f"atlas of {net.cfg.model_name}: {out}/report.html and {out}/atlas.json")
 
 
 def _register_plugins() -> None:

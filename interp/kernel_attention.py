@@ -70,6 +70,19 @@ def kernel_attention(
             attn.forward = forward
 
 
+def extend_context(model: HookedTransformer, n_ctx: int) -> None:
+    """Let the model run sequences up to `n_ctx` tokens (rotary tables grow on demand up to it).
+
+    Positions past the context the model was trained on are extrapolation: useful for measuring
+    attention statistics at length, not a claim that the model handles them well."""
+    import warnings
+
+    if n_ctx > model.cfg.n_ctx:
+        warnings.warn(f"{model.cfg.model_name}: context raised from {model.cfg.n_ctx} to {n_ctx} tokens; "
+                      f"positions past the trained context are extrapolated", stacklevel=2)
+        model.cfg.n_ctx = n_ctx
+
+
 def _check_supported(model: HookedTransformer) -> None:
     cfg = model.cfg
     unsupported = {

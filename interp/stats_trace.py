@@ -43,6 +43,7 @@ def stats_trace(
     eps: float = 0.3,
     received: bool = False,
     backend: str = "auto",
+    batch_tokens: int = 4096,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> StatsTrace:
@@ -53,12 +54,15 @@ def stats_trace(
     from tqdm.auto import tqdm
 
     tokens = tokenize_prompts(model, prompts)
-    per_prompt = []
-    for i, toks in enumerate(tqdm(tokens, desc="stats trace", unit="prompt", disable=not progress or len(tokens) < 2)):
-        one = _trace_one(model, toks, sink_tokens, spans, received, backend)
-        if out_dir is not None:
-            _save(Path(out_dir), i, one)
-        per_prompt.append({k: v for k, v in one.items() if k != "span_mass"} if out_dir is not None else one)
+    per_prompt: list[dict[str, torch.Tensor]] = [{} for _ in tokens]
+    groups = _equal_length_batches(tokens, batch_tokens)
+    for group in tqdm(groups, desc="stats trace", unit="batch", disable=not progress or len(groups) < 2):
+        batch = torch.stack([tokens[i] for i in group])
+        for i, one in zip(group, _trace_batch(model, batch, sink_tokens, spans, received, backend)):
+            if out_dir is not None:
+                _save(Path(out_dir), i, one)
+                one = {k: v for k, v in one.items() if k != "span_mass"}
+            per_prompt[i] = one
     table = _summary(model, per_prompt, eps, sink_tokens)
     if out_dir is not None:
         index = dict(schema="interp.stats/1", model=model.cfg.model_name, lengths=[len(t) for t in tokens],
@@ -67,19 +71,33 @@ def stats_trace(
     return StatsTrace(model.cfg.model_name, tokens, per_prompt, table)
 
 
-def _trace_one(model, toks: torch.Tensor, sink_tokens, spans, received, backend) -> dict[str, torch.Tensor]:
+def _equal_length_batches(tokens: list[torch.Tensor], batch_tokens: int) -> list[list[int]]:
+    """Prompt indices grouped by exact length (no padding), at most `batch_tokens` tokens a batch."""
+    by_length: dict[int, list[int]] = {}
+    for i, t in enumerate(tokens):
+        by_length.setdefault(len(t), []).append(i)
+    batches = []
+    for n, group in sorted(by_length.items()):
+        size = max(1, batch_tokens // n)
+        batches.extend(group[j:j + size] for j in range(0, len(group), size))
+    return batches
+
+
+def _trace_batch(model, batch: torch.Tensor, sink_tokens, spans, received, backend) -> list[dict[str, torch.Tensor]]:
+    """Run equal-length prompts [batch, pos] under kernel attention; one dict per prompt of
+    name → [layer, head, pos] (alpha_first: [layer, head])."""
     layers: dict[int, LayerStats] = {}
     with torch.no_grad(), kernel_attention(model, sink_tokens=sink_tokens, spans=spans, received=received, backend=backend,
                                            on_layer=lambda l, s: layers.__setitem__(l, s)):
-        model(toks[None].to(model.cfg.device), return_type=None)
+        model(batch.to(model.cfg.device), return_type=None)
     order = sorted(layers)
-    out = {name: torch.stack([getattr(layers[l].stats, name)[0] for l in order]) for name in PER_QUERY}
-    out["alpha_first"] = out["sink_mass"].sum(-1) / _queries_seeing_first(model, len(toks))[:, None]
+    stacked = {name: torch.stack([getattr(layers[l].stats, name) for l in order], 1) for name in PER_QUERY}
+    stacked["alpha_first"] = stacked["sink_mass"].sum(-1) / _queries_seeing_first(model, batch.shape[1])[:, None]
     if received:
-        out["alpha"] = torch.stack([layers[l].alpha[0] for l in order])
+        stacked["alpha"] = torch.stack([layers[l].alpha for l in order], 1)
     if spans:
-        out["span_mass"] = torch.stack([layers[l].stats.span_mass[0] for l in order])
-    return out
+        stacked["span_mass"] = torch.stack([layers[l].stats.span_mass for l in order], 1)
+    return [{name: value[b] for name, value in stacked.items()} for b in range(batch.shape[0])]
 
 
 def _queries_seeing_first(model, n: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from interp.capture import Capture, capture
 from tiny import random_prompts, tiny_gqa_model
 
 NAMES = ["q", "k", "v", "rot_q", "rot_k", "z", "result", "v_norm", "z_norm", "result_norm", "pattern",
-         "resid_norm", "entropy", "max_prob", "sink_mass"]
+         "resid", "resid_norm", "entropy", "max_prob", "sink_mass"]
 
 
 def _reference(model, tokens, layer):
@@ -25,7 +25,7 @@ def _reference(model, tokens, layer):
         "rot_k": kv("rot_k"), "z": cache["z", layer][0], "result": cache["result", layer][0],
         "v_norm": kv("v").norm(dim=-1), "z_norm": cache["z", layer][0].norm(dim=-1),
         "result_norm": cache["result", layer][0].norm(dim=-1), "pattern": cache["pattern", layer][0],
-        "resid_norm": cache["resid_pre", layer][0].norm(dim=-1),
+        "resid": cache["resid_pre", layer][0], "resid_norm": cache["resid_pre", layer][0].norm(dim=-1),
         "entropy": -(pattern * pattern.clamp_min(1e-300).log()).sum(-1).T,
         "max_prob": pattern.amax(-1).T, "sink_mass": pattern[..., 0].T,
     }

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from interp.capture import capture
-from interp.kernel_attention import kernel_attention
+from interp.kernel_attention import extend_context, kernel_attention
 from interp.stats_trace import stats_trace
 from tiny import random_prompts, tiny_gqa_model
 
@@ -67,3 +67,17 @@ def test_stats_trace_head_table_matches_pattern_statistics(smollm2, real_texts):
             assert table.loc[label, "sink_rate"] == (alpha0[:, head] > 0.3).float().mean().item()
         torch.testing.assert_close(trace.per_prompt[0]["alpha"][layer, :, 0], trace.per_prompt[0]["alpha_first"][layer], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(trace.per_prompt[1]["entropy"][layer].T, cap.get("entropy", layer, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_extended_context_runs_past_trained_length_and_keeps_early_positions():
+    model = tiny_gqa_model()  # n_ctx 128
+    tokens = random_prompts([200])[0][None]
+    before = model(tokens[:, :100])
+    with pytest.warns(UserWarning, match="context raised from 128 to 256"):
+        extend_context(model, 256)
+    with torch.no_grad():
+        eager = model(tokens)
+        with kernel_attention(model):
+            fast = model(tokens)
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(eager[:, :100], before, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,89 @@
+"""Sinks for people: the `interp sinks` command and the atlas section, on top of circuits.sinks."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from circuits.sinks import extreme_tokens, hidden_sinks, massive_activations, sink_scores
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+
+
+def sinks_analysis(model, texts, *, k: int = 0, eps: float = 0.3, max_tokens: int = 64, hidden_threshold: float = 0.1,
+                   progress: bool = True) -> dict[str, Any]:
+    """Every sink measurement on `texts`: head table, hidden sinks, extreme tokens, massive activations."""
+    table = sink_scores(model, texts, k=k, eps=eps, max_tokens=max_tokens, progress=progress)
+    hidden = hidden_sinks(model, texts[:8], threshold=hidden_threshold, max_tokens=4 * max_tokens, progress=progress)
+    extreme = extreme_tokens(model, texts, max_tokens=2 * max_tokens, progress=progress)
+    massive = massive_activations(model, texts[:8], max_tokens=2 * max_tokens, progress=progress)
+    return {"table": table, "hidden": hidden, "extreme": extreme, "massive": massive}
+
+
+def _figures(result: dict[str, Any]) -> list:
+    import plotly.graph_objects as go
+
+    table, extreme = result["table"], result["extreme"]
+    layers = go.Figure([go.Scatter(x=extreme["layer"], y=extreme[c], name=c, mode="lines+markers")
+                        for c in ("value_drain", "resid_peak")])
+    layers.update_layout(title="extreme-token phenomena per layer (first token / median of others)",
+                         xaxis_title="layer", yaxis_type="log", yaxis_title="ratio")
+    return [table.heatmap("alpha", title="α of the sink token per head"), table.heatmap("sink_rate"), layers]
+
+
+def _tables(result: dict[str, Any]) -> list:
+    hidden, massive = result["hidden"], result["massive"]
+    by_token = (hidden.groupby("token").agg(heads=("label", "nunique"), occurrences=("alpha", "size"),
+                                            mean_alpha=("alpha", "mean")).sort_values("heads", ascending=False).head(15)
+                .reset_index()) if len(hidden) else hidden
+    top_massive = massive.reindex(massive["value"].abs().sort_values(ascending=False).index).head(15) if len(massive) else massive
+    return [("heads with the strongest sink (α)", result["table"].top("alpha", 10).df),
+            ("hidden sinks (ACT, α > threshold at later tokens), by token", by_token),
+            ("massive activations (|x| > 100 and > 1000 × median)", top_massive),
+            ("extreme tokens per layer", result["extreme"])]
+
+
+def _json(result: dict[str, Any]) -> dict[str, Any]:
+    return {"sink_ratio": result["table"].meta["sink_ratio"], "heads": result["table"].to_dict(),
+            "hidden_sinks": result["hidden"].to_dict(orient="records"),
+            "extreme_tokens": result["extreme"].to_dict(orient="records"),
+            "massive_activations": result["massive"].to_dict(orient="records")}
+
+
+def _summary(result: dict[str, Any]) -> str:
+    meta = result["table"].meta
+    return (f"<p>Sink<sub>{meta['k']}</sub><sup>{meta['eps']}</sup> = <b>{meta['sink_ratio']:.1f} %</b> of (sample, layer, "
+            f"head) triples put α > {meta['eps']} on token {meta['k']} (Gu et al.; {meta['n_samples']} texts of "
+            f"{meta['T']} tokens). α of a key is the attention it receives divided by the number of queries that see it, "
+            f"computed by the fused kernels.</p>")
+
+
+def atlas_section(model, context: dict) -> dict[str, Any]:
+    result = sinks_analysis(model, context["texts"], progress=context.get("progress", True))
+    return {"title": "Attention sinks and extreme tokens", "text": _summary(result), "figures": _figures(result),
+            "tables": _tables(result), "json": _json(result)}
+
+
+def sinks_command(
+    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: Optional[str] = DEVICE,
+    n_texts: int = typer.Option(32, min=1, help="real-text samples"),
+    max_tokens: int = typer.Option(64, min=2, help="T, tokens per sample (Gu et al.: 64)"),
+    k: int = typer.Option(0, min=0, help="sink position"),
+    eps: float = typer.Option(0.3, min=0.0, max=1.0, help="α threshold for Sink_k^eps"),
+):
+    """Attention sinks (Gu et al.), hidden sinks (ACT), value drains, residual peaks, massive activations."""
+    from interp.output import staged_output, write_json
+    from interp.report import Report
+    from interp.texts import sample_texts
+
+    net = load_cli_model(model, device)
+    result = sinks_analysis(net, sample_texts(n_texts, seed=seed), k=k, eps=eps, max_tokens=max_tokens)
+    body = _json(result)
+    with staged_output(out) as stage:
+        write_json(stage / "sinks.json", "sinks", net.cfg.model_name, body)
+        result["table"].to_csv(stage / "sink_heads.csv")
+        report = Report(f"Attention sinks: {net.cfg.model_name}")
+        report.add("Attention sinks and extreme tokens", text=_summary(result), figures=_figures(result), tables=_tables(result))
+        report.write(stage / "sinks.html")
+    emit(as_json, {"schema": "interp.sinks/1", "model": net.cfg.model_name, **body},
+         f"{net.cfg.model_name}: Sink_{k}^{eps} = {body['sink_ratio']:.1f} %; wrote {out}/sinks.html, sinks.json, sink_heads.csv")
