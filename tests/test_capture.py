@@ -41,7 +41,8 @@ def test_every_name_matches_transformer_lens_cache_under_padding():
             for name in NAMES:
                 got = cap.get(name, layer, i)
                 assert got.shape == ref[name].shape, (name, layer, i)
-                torch.testing.assert_close(got.double(), ref[name].double(), rtol=1e-4, atol=1e-5, msg=f"{name} L{layer} p{i}")
+                # float32: batched and single runs round differently (~1e-6 relative; keys reach ~20)
+                torch.testing.assert_close(got.double(), ref[name].double(), rtol=1e-4, atol=1e-4, msg=f"{name} L{layer} p{i}")
 
 
 def test_selected_layers_and_heads_only():

@@ -98,3 +98,24 @@ def test_trace_stats_uses_kernels_and_writes_shards(smollm2, tmp_path):
 
     shard = load_file(str(out / "stats" / "stats-00000.safetensors"))
     assert shard["entropy"].shape == (30, 9, 14) and shard["alpha"].shape == (30, 9, 14)
+
+
+@pytest.mark.parametrize("command, args, schema_file", [
+    ("sinks", ["--n-texts", "3"], "sinks.json"),
+    ("heads", ["--n-texts", "3", "--max-tokens", "32"], "heads.json"),
+    ("dormant", ["--domains", "legal,repeated", "--n-texts", "2", "--max-tokens", "48"], "dormant.json"),
+])
+def test_analysis_commands_write_json_and_report(smollm2, tmp_path, command, args, schema_file):
+    out = tmp_path / command
+    proc = run(command, "--out", str(out), *args)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / schema_file).read_text())
+    assert doc["schema"] == f"interp.{command}/1" and doc["model"] == "smollm2-135m"
+    page = (out / f"{command}.html").read_text()
+    assert "<script src=" not in page and "Plotly" in page
+
+
+def test_dormant_rejects_an_unknown_domain(tmp_path):
+    proc = run("dormant", "--out", str(tmp_path / "d"), "--domains", "prose,poetry")
+    assert proc.returncode == 2 and "unknown domain 'poetry'" in _one_clean_line(proc)
+    assert not (tmp_path / "d").exists()

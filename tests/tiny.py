@@ -14,7 +14,7 @@ def tiny_gqa_model(seed: int = 0, n_layers: int = 3, n_heads: int = 4, n_kv: int
     with torch.no_grad():  # larger than init scale so attention is far from uniform
         for block in model.blocks:
             block.attn.W_Q.mul_(8.0)
-            block.attn.W_K.mul_(8.0)
+            block.attn._W_K.mul_(8.0)  # with GQA, W_K is a repeat_interleave copy of _W_K
     return model.eval()
 
 

@@ -1,0 +1,123 @@
+"""Active-dormant heads (Guo et al. 2024): heads that switch between writing something and
+parking their attention on the sink token, depending on the input domain.
+
+A head is called dormant on a domain when its attention collapses onto the first token
+(mean sink mass ≥ `sink_threshold`) and its output is small (mean ‖z_h W_O‖ at most
+`norm_ratio` × its largest mean over the domains); active otherwise. The paper gives no single
+threshold, so both are parameters and `domain_head_stats` returns the distributions they are
+chosen from. `causal_check` ablates each switching head (its z set to zero) on a domain where it
+is dormant and on one where it is active and reports the change in next-token loss for both.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from interp import InputError, capture
+from interp.head_table import head_label
+from interp.texts import DOMAINS, domain_texts, repeated_token_prompts
+
+
+def domain_prompts(model: HookedTransformer, domains: Sequence[str], n: int, max_tokens: int, seed: int = 0) -> dict:
+    """domain → list of 1-D token tensors (texts tokenised with the model's defaults, cut to max_tokens)."""
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown:
+        raise InputError(f"unknown domain {unknown[0]!r}; choose from {', '.join(DOMAINS)}")
+    prompts = {}
+    for d in domains:
+        if d == "repeated":
+            prompts[d] = repeated_token_prompts(model, n, max_tokens, seed=seed)
+        else:
+            prompts[d] = [model.to_tokens(t)[0, :max_tokens].cpu() for t in domain_texts(d, n, seed=seed)]
+    return prompts
+
+
+def domain_head_stats(model: HookedTransformer, prompts: dict, *, progress: bool = True) -> pd.DataFrame:
+    """Per (domain, layer, head): mean sink mass (attention on token 0) and mean output norm
+    ‖z_h W_O‖, over every query position but the first (which can only attend to token 0)."""
+    rows = []
+    for domain, tokens in prompts.items():
+        cap = capture(model, tokens, names=["sink_mass", "result_norm"], progress=progress)
+        for layer in cap.layers:
+            mass = torch.cat([cap.get("sink_mass", layer, i)[1:] for i in range(len(tokens))]).mean(0)
+            norm = torch.cat([cap.get("result_norm", layer, i)[1:] for i in range(len(tokens))]).mean(0)
+            for head in cap.heads:
+                rows.append({"domain": domain, "layer": layer, "head": head, "label": head_label(layer, head),
+                             "sink_mass": mass[head].item(), "output_norm": norm[head].item()})
+    stats = pd.DataFrame(rows)
+    stats["norm_ratio"] = stats["output_norm"] / stats.groupby("label")["output_norm"].transform("max")
+    return stats
+
+
+def classify(stats: pd.DataFrame, *, sink_threshold: float = 0.8, norm_ratio: float = 0.5) -> pd.DataFrame:
+    """Adds `dormant` (bool) to the per-(domain, head) stats."""
+    out = stats.copy()
+    out["dormant"] = (out["sink_mass"] >= sink_threshold) & (out["norm_ratio"] <= norm_ratio)
+    return out
+
+
+def switching_heads(classified: pd.DataFrame) -> pd.DataFrame:
+    """Heads dormant on some domain and active on another. Per head: the domains of each kind,
+    and the dormant domain with the highest sink mass and active domain with the lowest."""
+    rows = []
+    for label, group in classified.groupby("label", sort=False):
+        dormant, active = group[group["dormant"]], group[~group["dormant"]]
+        if len(dormant) and len(active):
+            rows.append({"label": label, "layer": int(group["layer"].iloc[0]), "head": int(group["head"].iloc[0]),
+                         "dormant_on": ",".join(dormant["domain"]), "active_on": ",".join(active["domain"]),
+                         "dormant_domain": dormant.loc[dormant["sink_mass"].idxmax(), "domain"],
+                         "active_domain": active.loc[active["sink_mass"].idxmin(), "domain"]})
+    return pd.DataFrame(rows, columns=["label", "layer", "head", "dormant_on", "active_on", "dormant_domain", "active_domain"])
+
+
+def _loss(model: HookedTransformer, tokens: list[torch.Tensor], hooks=()) -> float:
+    """Mean next-token loss (nats) over prompts of one domain, each run alone."""
+    losses = []
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        for t in tokens:
+            losses.append(model(t[None].to(model.cfg.device), return_type="loss").item())
+    return sum(losses) / len(losses)
+
+
+def _zero_head(layer: int, head: int):
+    def hook(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0.0
+        return z
+
+    return (f"blocks.{layer}.attn.hook_z", hook)
+
+
+def causal_check(model: HookedTransformer, switching: pd.DataFrame, prompts: dict, *,
+                 progress: bool = True) -> pd.DataFrame:
+    """For every switching head: next-token loss increase when its output is zeroed, on its most
+    dormant domain and on its most active domain (`delta_dormant`, `delta_active`)."""
+    from tqdm.auto import tqdm
+
+    base = {d: _loss(model, toks) for d, toks in prompts.items()}
+    rows = []
+    for row in tqdm(list(switching.itertuples()), desc="causal check", unit="head", disable=not progress):
+        hook = [_zero_head(row.layer, row.head)]
+        d_dormant = _loss(model, prompts[row.dormant_domain], hook) - base[row.dormant_domain]
+        d_active = _loss(model, prompts[row.active_domain], hook) - base[row.active_domain]
+        rows.append({"label": row.label, "dormant_domain": row.dormant_domain, "delta_dormant": d_dormant,
+                     "active_domain": row.active_domain, "delta_active": d_active})
+    return pd.DataFrame(rows, columns=["label", "dormant_domain", "delta_dormant", "active_domain", "delta_active"])
+
+
+def active_dormant(model: HookedTransformer, *, domains: Sequence[str] = tuple(DOMAINS), n: int = 8,
+                   max_tokens: int = 128, sink_threshold: float = 0.8, norm_ratio: float = 0.5, seed: int = 0,
+                   check: bool = True, progress: bool = True) -> dict:
+    """The whole analysis: per-domain stats and calls, switching heads, and (check=True) the
+    ablation check. Returns {"stats", "switching", "causal", "params"}."""
+    prompts = domain_prompts(model, domains, n, max_tokens, seed)
+    stats = classify(domain_head_stats(model, prompts, progress=progress), sink_threshold=sink_threshold,
+                     norm_ratio=norm_ratio)
+    switching = switching_heads(stats)
+    causal = causal_check(model, switching, prompts, progress=progress) if check else None
+    params = {"domains": list(domains), "n_per_domain": n, "max_tokens": max_tokens, "sink_threshold": sink_threshold,
+              "norm_ratio": norm_ratio, "seed": seed}
+    return {"stats": stats, "switching": switching, "causal": causal, "params": params}
