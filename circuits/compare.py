@@ -81,8 +81,8 @@ def compare_command(
     dormant_texts: int = typer.Option(3, min=1, help="texts per domain for active-dormant heads"),
 ):
     """Sinks, extreme tokens, head types and active-dormant heads of several models, side by side."""
-    from interp.output import staged_output, write_json
-    from interp.report import Report
+    from interp.output import staged_output
+    from interp.report import write_analysis
 
     texts = sample_texts(n_texts, seed=seed)
     results = [model_taxonomy(load_cli_model(name.strip(), device), texts, seed=seed, dormant_texts=dormant_texts)
@@ -93,12 +93,10 @@ def compare_command(
                                               "extreme_tokens": r["extreme"].to_dict(orient="records"),
                                               "switching": r["dormant"]["switching"].to_dict(orient="records")}
                           for r in results}}
+    part = {"title": "Side by side", "figures": figures(results), "tables": [("headline numbers", table)],
+            "text": f"<p>{n_texts} real texts (seed {seed}); induction on 4 × 128 random tokens repeated twice; "
+                    f"dormant heads on six domains, {dormant_texts} texts each.</p>"}
     with staged_output(out) as stage:
-        write_json(stage / "compare.json", "compare", None, body)
-        report = Report("Head taxonomy across models")
-        report.add("Side by side", text=f"<p>{n_texts} real texts (seed {seed}); induction on 4 × 128 random tokens "
-                   "repeated twice; dormant heads on six domains, {dormant_texts} texts each.</p>",
-                   figures=figures(results), tables=[("headline numbers", table)])
-        report.write(stage / "compare.html")
+        write_analysis(stage, "compare", None, body, "Head taxonomy across models", part)
     emit(as_json, {"schema": "interp.compare/1", "model": None, **body},
          table.to_string(index=False) + f"\nwrote {out}/compare.html and compare.json")

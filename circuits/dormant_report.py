@@ -63,10 +63,14 @@ def _json(result: dict[str, Any]) -> dict[str, Any]:
             "causal": None if causal is None else causal.to_dict(orient="records")}
 
 
-def atlas_section(model, context: dict) -> dict[str, Any]:
-    result = active_dormant(model, n=4, max_tokens=96, seed=context.get("seed", 0), progress=context.get("progress", True))
+def _section(result: dict[str, Any]) -> dict[str, Any]:
     return {"title": "Active and dormant heads across text domains", "text": _summary(result),
             "figures": _figures(result), "tables": _tables(result), "json": _json(result)}
+
+
+def atlas_section(model, context: dict) -> dict[str, Any]:
+    return _section(active_dormant(model, n=4, max_tokens=96, seed=context.get("seed", 0),
+                                   progress=context.get("progress", True)))
 
 
 def dormant_command(
@@ -79,20 +83,17 @@ def dormant_command(
     check: bool = typer.Option(True, help="ablate every switching head where dormant and where active"),
 ):
     """Active-dormant heads (Guo et al.): per-domain sink mass and output norm, switching heads, causal check."""
-    from interp.output import staged_output, write_json
-    from interp.report import Report
+    from interp.output import staged_output
+    from interp.report import write_analysis
 
     net = load_cli_model(model, device)
     result = active_dormant(net, domains=[d.strip() for d in domains.split(",") if d.strip()], n=n_texts,
                             max_tokens=max_tokens, sink_threshold=sink_threshold, norm_ratio=norm_ratio, seed=seed,
                             check=check)
-    body = _json(result)
+    part = _section(result)
+    body = part["json"]
     with staged_output(out) as stage:
-        write_json(stage / "dormant.json", "dormant", net.cfg.model_name, body)
+        write_analysis(stage, "dormant", net.cfg.model_name, body, f"Active and dormant heads: {net.cfg.model_name}", part)
         result["stats"].to_csv(stage / "dormant_per_domain.csv", index=False)
-        report = Report(f"Active and dormant heads: {net.cfg.model_name}")
-        report.add("Active and dormant heads across text domains", text=_summary(result), figures=_figures(result),
-                   tables=_tables(result))
-        report.write(stage / "dormant.html")
     emit(as_json, {"schema": "interp.dormant/1", "model": net.cfg.model_name, **body},
          f"{net.cfg.model_name}: {len(result['switching'])} switching heads; wrote {out}/dormant.html, dormant.json")

@@ -54,7 +54,7 @@ from transformer_lens import HookedTransformer
 from interp.capture import tokenize_prompts
 from interp.errors import InputError
 from interp.head_table import HeadTable
-from interp.kernel_attention import LayerStats, kernel_attention
+from interp.kernel_attention import LayerStats, kernel_attention, layer_windows
 
 KINDS = {
     "previous_token": "attention from each token to the token just before it",
@@ -438,9 +438,11 @@ def _kernel_scores(model: HookedTransformer, batch: torch.Tensor, pairs: dict[st
             qk[(layer, which)] = act
         return hook
 
+    windows = layer_windows(model)
+
     def on_layer(layer: int, stats: LayerStats) -> None:
         attn = model.blocks[layer].attn
-        window = cfg.window_size if getattr(attn, "attn_type", "global") == "local" else None
+        window = windows[layer]
         q, k = qk.pop((layer, "q")), qk.pop((layer, "k"))
         entries = lambda p: kernel_entries(q, k, stats.stats.lse, p, scale=1.0 / float(attn.attn_scale), window=window)
         per_layer[layer] = _layer_scores(entries, pairs, _kernel_denominator(stats, entries, pairs, exclude_bos))

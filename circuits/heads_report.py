@@ -16,17 +16,15 @@ def heads_command(
     max_tokens: int = typer.Option(128, min=4, help="tokens per passage; repeated blocks of this length"),
 ):
     """Previous-token, duplicate-token, induction and echo heads (TransformerLens' head_detector scoring)."""
-    from interp.output import staged_output, write_json
-    from interp.report import Report
+    from interp.output import staged_output
+    from interp.report import write_analysis
     from interp.texts import sample_texts
 
     net = load_cli_model(model, device)
     part = atlas_section(net, {"texts": sample_texts(n_texts, seed=seed), "seed": seed, "max_tokens": max_tokens,
                                "progress": True})
     with staged_output(out) as stage:
-        write_json(stage / "heads.json", "heads", net.cfg.model_name, {"kinds": list(KINDS), "heads": part["json"]})
-        report = Report(f"Head types: {net.cfg.model_name}")
-        report.add(part["title"], text=part["text"], figures=part["figures"], tables=part["tables"])
-        report.write(stage / "heads.html")
+        write_analysis(stage, "heads", net.cfg.model_name, {"kinds": list(KINDS), "heads": part["json"]},
+                       f"Head types: {net.cfg.model_name}", part)
     emit(as_json, {"schema": "interp.heads/1", "model": net.cfg.model_name, "heads": part["json"]},
          f"{net.cfg.model_name}: head types for {len(part['json']['rows'])} heads; wrote {out}/heads.html, heads.json")

@@ -24,6 +24,7 @@ from transformer_lens import HookedTransformer
 from interp import HeadTable, InputError, capture
 from interp.capture import tokenize_prompts
 from interp.head_table import head_label
+from interp.kernel_attention import queries_per_key
 from interp.stats_trace import stats_trace
 
 
@@ -71,7 +72,7 @@ def hidden_sinks(model: HookedTransformer, texts: Sequence, *, threshold: float 
     for i, (toks, stats) in enumerate(zip(tokens, trace.per_prompt)):
         alpha = stats["alpha"]  # [layer, head, key]
         n = len(toks)
-        n_queries = _queries_per_key(model, n)  # [layer, key]
+        n_queries = queries_per_key(model, n)  # [layer, key]
         hit = (alpha > threshold) & (n_queries[:, None, :] >= min_queries)
         hit[..., 0] = False
         strings = model.to_str_tokens(toks)
@@ -80,14 +81,6 @@ def hidden_sinks(model: HookedTransformer, texts: Sequence, *, threshold: float 
                          "label": head_label(layer, head), "alpha": alpha[layer, head, pos].item(),
                          "n_queries": int(n_queries[layer, pos])})
     return pd.DataFrame(rows, columns=["prompt", "position", "token", "layer", "head", "label", "alpha", "n_queries"])
-
-
-def _queries_per_key(model: HookedTransformer, n: int) -> torch.Tensor:
-    """[layer, key]: how many of n causal queries see each key (a local layer's window caps it)."""
-    cfg = model.cfg
-    j = torch.arange(n)
-    types = cfg.attn_types if cfg.use_local_attn and cfg.attn_types else ["global"] * cfg.n_layers
-    return torch.stack([(n - j).clamp(max=cfg.window_size) if t == "local" else n - j for t in types]).float()
 
 
 def extreme_tokens(model: HookedTransformer, texts: Sequence, *, sink_position: int = 0, max_tokens: int = 128,

@@ -58,10 +58,13 @@ def _summary(result: dict[str, Any]) -> str:
             f"computed by the fused kernels.</p>")
 
 
-def atlas_section(model, context: dict) -> dict[str, Any]:
-    result = sinks_analysis(model, context["texts"], progress=context.get("progress", True))
+def _section(result: dict[str, Any]) -> dict[str, Any]:
     return {"title": "Attention sinks and extreme tokens", "text": _summary(result), "figures": _figures(result),
             "tables": _tables(result), "json": _json(result)}
+
+
+def atlas_section(model, context: dict) -> dict[str, Any]:
+    return _section(sinks_analysis(model, context["texts"], progress=context.get("progress", True)))
 
 
 def sinks_command(
@@ -72,18 +75,16 @@ def sinks_command(
     eps: float = typer.Option(0.3, min=0.0, max=1.0, help="α threshold for Sink_k^eps"),
 ):
     """Attention sinks (Gu et al.), hidden sinks (ACT), value drains, residual peaks, massive activations."""
-    from interp.output import staged_output, write_json
-    from interp.report import Report
+    from interp.output import staged_output
+    from interp.report import write_analysis
     from interp.texts import sample_texts
 
     net = load_cli_model(model, device)
     result = sinks_analysis(net, sample_texts(n_texts, seed=seed), k=k, eps=eps, max_tokens=max_tokens)
-    body = _json(result)
+    part = _section(result)
+    body = part["json"]
     with staged_output(out) as stage:
-        write_json(stage / "sinks.json", "sinks", net.cfg.model_name, body)
+        write_analysis(stage, "sinks", net.cfg.model_name, body, f"Attention sinks: {net.cfg.model_name}", part)
         result["table"].to_csv(stage / "sink_heads.csv")
-        report = Report(f"Attention sinks: {net.cfg.model_name}")
-        report.add("Attention sinks and extreme tokens", text=_summary(result), figures=_figures(result), tables=_tables(result))
-        report.write(stage / "sinks.html")
     emit(as_json, {"schema": "interp.sinks/1", "model": net.cfg.model_name, **body},
          f"{net.cfg.model_name}: Sink_{k}^{eps} = {body['sink_ratio']:.1f} %; wrote {out}/sinks.html, sinks.json, sink_heads.csv")

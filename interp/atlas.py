@@ -39,7 +39,7 @@ def run_atlas(model: HookedTransformer, out: Path, *, seed: int = 0, n_texts: in
     context = {"texts": texts, "seed": seed, "max_tokens": max_tokens, "progress": progress}
     for name, section in load_plugins().atlas_sections:
         part = section(model, context)
-        report.add(part["title"], text=part.get("text", ""), figures=part.get("figures", []), tables=part.get("tables", []))
+        report.add_section(part)
         body["sections"][name] = part.get("json", {})
 
     report.write(out / "report.html")

@@ -35,6 +35,7 @@ from interp.errors import InputError
 QUERY_STATS = ("entropy", "max_prob", "sink_mass")
 HEAD_ACTIVATIONS = ("q", "k", "v", "rot_q", "rot_k", "z", "result", "v_norm", "z_norm", "result_norm", "pattern") + QUERY_STATS
 ACTIVATIONS = HEAD_ACTIVATIONS + ("resid", "resid_norm")
+HEAD_SCALARS = ("v_norm", "z_norm", "result_norm") + QUERY_STATS  # one number per (token, head)
 _HOOK_OF = {
     "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "rot_q": "attn.hook_rot_q",
     "rot_k": "attn.hook_rot_k", "z": "attn.hook_z", "result": "attn.hook_z", "v_norm": "attn.hook_v",

@@ -120,13 +120,13 @@ def trace(
 
 
 def _trace_capture(net, texts, stage: Path, what, layers, heads, max_pattern_tokens) -> dict:
-    from interp.capture import capture
+    from interp.capture import HEAD_SCALARS, capture
     from interp.head_table import HeadTable
 
     names = [w.strip() for w in what.split(",") if w.strip()]
     cap = capture(net, texts, names=names, layers=_parse_indices(layers, "layers"), heads=_parse_indices(heads, "heads"),
                   out_dir=stage / "capture", max_pattern_tokens=max_pattern_tokens)
-    scalar = [n for n in cap.names if n in ("v_norm", "z_norm", "result_norm", "entropy", "max_prob", "sink_mass")]
+    scalar = [n for n in cap.names if n in HEAD_SCALARS]
     table = HeadTable.from_arrays({n: cap.head_means(n) for n in scalar}, layers=cap.layers, heads=cap.heads,
                                   model=net.cfg.model_name) if scalar else None
     return {"mode": "capture", "n_prompts": len(texts), "lengths": cap.lengths, "names": cap.names, "layers": cap.layers,

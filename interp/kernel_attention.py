@@ -59,15 +59,31 @@ def kernel_attention(
     _check_supported(model)
     trace = KernelTrace()
     saved = []
-    for layer, block in enumerate(model.blocks):
+    for layer, (block, window) in enumerate(zip(model.blocks, layer_windows(model))):
         attn = block.attn
         saved.append((attn, attn.forward))
-        attn.forward = _kernel_forward(attn, layer, trace, sink_tokens, spans, received, backend, keep_on, on_layer)
+        attn.forward = _kernel_forward(attn, layer, window, trace, sink_tokens, spans, received, backend, keep_on,
+                                       on_layer)
     try:
         yield trace
     finally:
         for attn, forward in saved:
             attn.forward = forward
+
+
+def layer_windows(model: HookedTransformer) -> list[int | None]:
+    """Per layer: the sliding window (keys i−w+1 … i) of a local layer, None for a global one."""
+    cfg = model.cfg
+    if not cfg.use_local_attn or not cfg.attn_types:
+        return [None] * cfg.n_layers
+    return [cfg.window_size if t == "local" else None for t in cfg.attn_types]
+
+
+def queries_per_key(model: HookedTransformer, n: int) -> torch.Tensor:
+    """[layer, key]: how many of n causal queries see each key (the denominator of α)."""
+    from kernels.masking import queries_per_key as count
+
+    return torch.stack([count(n, True, w) for w in layer_windows(model)])
 
 
 def extend_context(model: HookedTransformer, n_ctx: int) -> None:
@@ -97,7 +113,7 @@ def _check_supported(model: HookedTransformer) -> None:
         raise InputError(f"fast trace does not support {', '.join(found)} (model {cfg.model_name}); use the eager capture instead")
 
 
-def _kernel_forward(attn, layer, trace, sink_tokens, spans, received, backend, keep_on, on_layer):
+def _kernel_forward(attn, layer, window, trace, sink_tokens, spans, received, backend, keep_on, on_layer):
     cfg = attn.cfg
 
     def forward(query_input, key_input, value_input, past_kv_cache_entry=None, additive_attention_mask=None,
@@ -109,7 +125,6 @@ def _kernel_forward(attn, layer, trace, sink_tokens, spans, received, backend, k
         if cfg.positional_embedding_type == "rotary":
             q = attn.hook_rot_q(attn.apply_rotary(q, 0, None))
             k = attn.hook_rot_k(attn.apply_rotary(k, 0, None))
-        window = cfg.window_size if getattr(attn, "attn_type", "global") == "local" else None
         qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # [batch, head, pos, d_head]
         scale = 1.0 / float(attn.attn_scale)
         out, stats = kernels.attention_with_stats(qh, kh, vh, causal=True, window=window, scale=scale,

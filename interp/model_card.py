@@ -25,7 +25,7 @@ def model_card(model: HookedTransformer) -> dict[str, Any]:
         "n_ctx": cfg.n_ctx,
         "d_vocab": cfg.d_vocab,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "attention_layers": _attention_layout(cfg),
+        "attention_layers": _attention_layout(model),
         "normalization": cfg.normalization_type,
         "dtype": str(cfg.dtype).removeprefix("torch."),
         "device": str(cfg.device),
@@ -36,8 +36,8 @@ def model_card(model: HookedTransformer) -> dict[str, Any]:
     return card
 
 
-def _attention_layout(cfg) -> list[str]:
+def _attention_layout(model: HookedTransformer) -> list[str]:
     """Per layer: "global", or "local(w)" for a sliding window of w keys."""
-    if not cfg.use_local_attn or not cfg.attn_types:
-        return ["global"] * cfg.n_layers
-    return [f"local({cfg.window_size})" if t == "local" else "global" for t in cfg.attn_types]
+    from interp.kernel_attention import layer_windows
+
+    return ["global" if w is None else f"local({w})" for w in layer_windows(model)]

@@ -43,6 +43,12 @@ class Report:
         self.sections.append(section)
         return section
 
+    def add_section(self, part: dict) -> Section:
+        """Add a section given as a dict with "title" and optional "text", "figures", "tables"
+        (the shape analyses return for the atlas)."""
+        return self.add(part["title"], text=part.get("text", ""), figures=part.get("figures", []),
+                        tables=part.get("tables", []))
+
     def to_html(self) -> str:
         from plotly.offline import get_plotlyjs
 
@@ -72,3 +78,14 @@ def _render(section: Section) -> str:
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def write_analysis(folder: Path, kind: str, model: str | None, body: dict[str, Any], title: str, part: dict) -> None:
+    """An analysis command's output: `folder/{kind}.json` (schema interp.{kind}/1) and
+    `folder/{kind}.html`, a report with the one section `part`."""
+    from interp.output import write_json
+
+    write_json(folder / f"{kind}.json", kind, model, body)
+    report = Report(title)
+    report.add_section(part)
+    report.write(folder / f"{kind}.html")

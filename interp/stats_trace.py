@@ -1,6 +1,6 @@
 """Statistics traces: per-head attention statistics at any context length, no pattern kept.
 
-Each prompt runs alone (no padding) under `kernel_attention`; per layer the kernels give, for
+Prompts run under `kernel_attention`, batched only with prompts of the same length (no padding); per layer the kernels give, for
 every head and query, entropy, largest probability and its key, mass on the first
 `sink_tokens` keys and on given spans, and per key the attention received and α (received over
 the number of queries that see the key, Gu et al.). Memory grows linearly in the prompt length.
@@ -19,7 +19,7 @@ from transformer_lens import HookedTransformer
 
 from interp.capture import tokenize_prompts
 from interp.head_table import HeadTable
-from interp.kernel_attention import LayerStats, kernel_attention
+from interp.kernel_attention import LayerStats, kernel_attention, queries_per_key
 
 PER_QUERY = ("entropy", "max_prob", "argmax", "sink_mass")
 
@@ -92,19 +92,12 @@ def _trace_batch(model, batch: torch.Tensor, sink_tokens, spans, received, backe
         model(batch.to(model.cfg.device), return_type=None)
     order = sorted(layers)
     stacked = {name: torch.stack([getattr(layers[l].stats, name) for l in order], 1) for name in PER_QUERY}
-    stacked["alpha_first"] = stacked["sink_mass"].sum(-1) / _queries_seeing_first(model, batch.shape[1])[:, None]
+    stacked["alpha_first"] = stacked["sink_mass"].sum(-1) / queries_per_key(model, batch.shape[1])[:, :1]
     if received:
         stacked["alpha"] = torch.stack([layers[l].alpha for l in order], 1)
     if spans:
         stacked["span_mass"] = torch.stack([layers[l].stats.span_mass for l in order], 1)
     return [{name: value[b] for name, value in stacked.items()} for b in range(batch.shape[0])]
-
-
-def _queries_seeing_first(model, n: int) -> torch.Tensor:
-    """[layer]: how many of n queries see key 0 (all of them, or the first `window` in local layers)."""
-    cfg = model.cfg
-    local = cfg.attn_types if cfg.use_local_attn and cfg.attn_types else ["global"] * cfg.n_layers
-    return torch.tensor([min(n, cfg.window_size) if t == "local" else n for t in local], dtype=torch.float32)
 
 
 def _save(folder: Path, i: int, one: dict[str, torch.Tensor]) -> None:

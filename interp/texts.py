@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 
 def reference_paragraphs(min_chars: int = 200) -> list[str]:
@@ -29,9 +30,8 @@ def sample_texts(n: int, *, seed: int = 0, min_chars: int = 200, max_chars: int 
     return [p if len(p) <= max_chars else p[:max_chars].rsplit(" ", 1)[0] for p in picks]
 
 
-def _stdlib() -> "Path":
+def _stdlib() -> Path:
     import sysconfig
-    from pathlib import Path
 
     return Path(sysconfig.get_paths()["stdlib"])
 
