@@ -161,8 +161,11 @@ def atlas(
 def _register_plugins() -> None:
     from interp.plugins import load_plugins
 
-    for name, fn in load_plugins().commands:
+    registry = load_plugins()
+    for name, fn in registry.commands:
         app.command(name)(fn)
+    for name, group in registry.groups:
+        app.add_typer(group, name=name)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

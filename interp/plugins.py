@@ -17,9 +17,14 @@ AtlasSection = Callable[[Any, dict], dict]
 class Registry:
     commands: list[tuple[str, Callable]] = field(default_factory=list)
     atlas_sections: list[tuple[str, AtlasSection]] = field(default_factory=list)
+    groups: list[tuple[str, Any]] = field(default_factory=list)
 
     def command(self, name: str, fn: Callable) -> None:
         self.commands.append((name, fn))
+
+    def group(self, name: str, app: Any) -> None:
+        """A command with subcommands (`interp NAME SUB ...`), given as a `typer.Typer`."""
+        self.groups.append((name, app))
 
     def atlas_section(self, name: str, fn: AtlasSection) -> None:
         self.atlas_sections.append((name, fn))
