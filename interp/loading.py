@@ -7,12 +7,14 @@ safetensors + JSON. Later loads read only the cache (a few seconds, no transform
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -55,9 +57,25 @@ def load_model(
     if not _is_complete(entry):
         if source.kind == "hub":
             _require_network(source.location)
-        log.info("converting %s into a HookedTransformer (first load; cached in %s)", source.label, entry)
-        _convert_into(source, entry)
+        with _entry_lock(entry):  # another process may be converting the same model
+            if not _is_complete(entry):
+                log.info("converting %s into a HookedTransformer (first load; cached in %s)", source.label, entry)
+                _convert_into(source, entry)
     return _place(_load_cached(entry), device, dtype)
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `entry` (a sibling `.lock` file) across processes."""
+    import fcntl
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_name(entry.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _is_complete(entry: Path) -> bool:
