@@ -1,0 +1,207 @@
+"""circuits.discovery on a tiny GQA model against independent references: TransformerLens' split
+q/k/v inputs with autograd for EAP, TL's patching for node removal, plain corrupted/clean runs."""
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+from circuits.discovery import (
+    acdc,
+    attribute,
+    build_graph,
+    discover,
+    edge_circuit_metric,
+    run_with_edges,
+    size_grid,
+)
+from interp.circuit import Circuit
+from interp.errors import InputError
+from interp.patching import PromptPairs, ablation_values, run_last_logits
+from tests.tiny import random_prompts, tiny_gqa_model
+
+L, H, K = 3, 4, 2
+ANSWER, WRONG = 3, 5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_gqa_model(seed=0, n_layers=L, n_heads=H, n_kv=K)
+
+
+@pytest.fixture(scope="module")
+def model64():
+    """The same tiny model in float64, so references can be compared tightly."""
+    m = tiny_gqa_model(seed=0, n_layers=L, n_heads=H, n_kv=K)
+    m.cfg.dtype = torch.float64
+    return m.to(torch.float64)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return PromptPairs.from_lists(random_prompts([7] * 6, seed=1), random_prompts([7] * 6, seed=2),
+                                  answer=[ANSWER] * 6, wrong=[WRONG] * 6)
+
+
+@pytest.fixture(scope="module")
+def corrupt(model, pairs):
+    return ablation_values(model, pairs, "corrupt")
+
+
+def test_graph_names_and_order(model):
+    g = build_graph(model)
+    assert g.src_names[:6] == ["Resid Start", "A0.0", "A0.1", "A0.2", "A0.3", "MLP 0"]
+    assert g.dst_names[:9] == ["A0.0.Q", "A0.1.Q", "A0.2.Q", "A0.3.Q", "A0.KV0.K", "A0.KV1.K", "A0.KV0.V",
+                               "A0.KV1.V", "MLP 0"]
+    assert g.dst_names[-1] == "Resid End"
+    s, d = g.src_names.index, g.dst_names.index
+    assert g.allowed[s("A0.2"), d("MLP 0")] and not g.allowed[s("A0.2"), d("A0.1.Q")]
+    assert not g.allowed[s("MLP 0"), d("MLP 0")] and g.allowed[s("MLP 0"), d("A1.KV1.V")]
+    # (1 + L·(H+1)) sources; each reaches every later destination
+    assert g.n_src == 1 + L * (H + 1) and g.n_dst == L * (H + 2 * K + 1) + 1
+
+
+def test_all_edges_is_the_clean_run_and_no_edges_the_corrupted_run(model, pairs, corrupt):
+    g = build_graph(model)
+    clean = run_last_logits(model, pairs.clean, pairs.last)
+    bad = run_last_logits(model, pairs.corrupt, pairs.last)
+    assert run_with_edges(model, g, pairs, corrupt, g.allowed) == pytest.approx(clean, abs=2e-4)
+    assert run_with_edges(model, g, pairs, corrupt, torch.zeros_like(g.allowed)) == pytest.approx(bad, abs=2e-4)
+
+
+def test_removing_a_heads_outgoing_edges_is_patching_its_output(model, pairs, corrupt):
+    g = build_graph(model)
+    _, cache = model.run_with_cache(pairs.corrupt)
+    ref = tl_patching.get_act_patch_attn_head_out_all_pos(
+        model, pairs.clean, cache, lambda lg: (lg[:, -1, ANSWER] - lg[:, -1, WRONG]).mean())
+    keep = g.allowed.clone()
+    keep[g.head_src(1, 2)] = False
+    got = edge_circuit_metric(model, g, pairs, corrupt, keep, "logit_diff")
+    assert got == pytest.approx(float(ref[1, 2]), abs=1e-4)
+
+
+def test_removing_a_kv_inputs_edges_feeds_it_the_corrupted_input(model, pairs, corrupt):
+    g = build_graph(model)
+    model.set_use_split_qkv_input(True)
+    try:
+        _, cache = model.run_with_cache(pairs.corrupt)
+        name = "blocks.1.hook_k_input"
+        ref = model.run_with_hooks(pairs.clean, fwd_hooks=[(name, lambda a, hook: torch.cat(
+            [cache[name][:, :, :1], a[:, :, 1:]], 2))])[:, -1].detach()
+    finally:
+        model.set_use_split_qkv_input(False)
+    keep = g.allowed.clone()
+    keep[:, g.dst_names.index("A1.KV0.K")] = False
+    assert run_with_edges(model, g, pairs, corrupt, keep) == pytest.approx(ref, abs=2e-4)
+
+
+def test_a_run_from_a_cached_layer_equals_the_full_run(model, pairs, corrupt):
+    g = build_graph(model)
+    keep = g.allowed & (torch.rand(g.allowed.shape, generator=torch.Generator().manual_seed(0)) < 0.6)
+    _, cache = run_with_edges(model, g, pairs, corrupt, keep, record=True)
+    trial = keep.clone()
+    trial[:, g.mlp_dst(2)] = False  # change only edges into layer 2 and later
+    trial[g.head_src(1, 0), g.end_dst] = True
+    full = run_with_edges(model, g, pairs, corrupt, trial)
+    for start in (2, L):
+        if start == L:
+            trial2 = keep.clone()
+            trial2[g.head_src(1, 0), g.end_dst] = not bool(keep[g.head_src(1, 0), g.end_dst])
+            assert run_with_edges(model, g, pairs, corrupt, trial2, start_layer=L, cache=cache) == \
+                pytest.approx(run_with_edges(model, g, pairs, corrupt, trial2), abs=1e-5)
+        else:
+            assert run_with_edges(model, g, pairs, corrupt, trial, start_layer=start, cache=cache) == \
+                pytest.approx(full, abs=1e-5)
+
+
+def _wanted(name: str) -> bool:
+    return name.endswith(("hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")) or \
+        name in ("blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post")
+
+
+def _reference_scores(model, pairs, corrupt_tokens, alphas):
+    """EAP / EAP-IG by autograd through TransformerLens' split q/k/v input copies and hook_result."""
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        _, cc = model.run_with_cache(corrupt_tokens)
+        _, clean = model.run_with_cache(pairs.clean)
+        grads = None
+        for a in alphas:
+            acts = {}
+
+            def keep(x, hook, a=a, acts=acts):
+                if hook.name == "blocks.0.hook_resid_pre":
+                    e = cc[hook.name]
+                    x = (e + a * (x - e)).detach().requires_grad_(True)
+                x.retain_grad()
+                acts[hook.name] = x
+                return x
+
+            logits = model.run_with_hooks(pairs.clean, fwd_hooks=[(_wanted, keep)])
+            (logits[:, -1, ANSWER] - logits[:, -1, WRONG]).sum().backward()
+            G = []
+            for l in range(L):
+                G += [acts[f"blocks.{l}.hook_q_input"].grad[:, :, h] for h in range(H)]
+                G += [acts[f"blocks.{l}.hook_k_input"].grad[:, :, k] for k in range(K)]
+                G += [acts[f"blocks.{l}.hook_v_input"].grad[:, :, k] for k in range(K)]
+                G += [acts[f"blocks.{l}.hook_mlp_in"].grad]
+            G.append(acts[f"blocks.{L - 1}.hook_resid_post"].grad)
+            G = torch.stack(G) / len(alphas)
+            grads = G if grads is None else grads + G
+        D = [cc["blocks.0.hook_resid_pre"] - clean["blocks.0.hook_resid_pre"]]
+        for l in range(L):
+            r = cc[f"blocks.{l}.attn.hook_result"] - clean[f"blocks.{l}.attn.hook_result"]
+            D += [r[:, :, h] for h in range(H)] + [cc[f"blocks.{l}.hook_mlp_out"] - clean[f"blocks.{l}.hook_mlp_out"]]
+        return torch.einsum("sbpd,tbpd->st", torch.stack(D), grads) / len(pairs)
+    finally:
+        model.set_use_split_qkv_input(False)
+        model.set_use_attn_result(False)
+        model.set_use_hook_mlp_in(False)
+        model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("method,alphas", [("eap", [1.0]), ("eap-ig", [1 / 3, 2 / 3, 1.0])])
+def test_edge_attribution_matches_autograd_through_split_inputs(model64, pairs, method, alphas):
+    model = model64
+    g = build_graph(model)
+    ours = attribute(model, pairs, method=method, ablation="corrupt", steps=len(alphas), batch_size=4)
+    ref = torch.where(g.allowed, _reference_scores(model, pairs, pairs.corrupt, alphas), 0.0)
+    scale = float(ref.abs().max())
+    assert scale > 1.0
+    assert (ours.scores - ref).abs().max() < 1e-9 * scale
+    assert not any(p.grad is not None for p in model.parameters())
+    # a head's node score is the sum of its outgoing edges
+    assert ours.head_scores()[1, 2] == pytest.approx(float(ref[g.head_src(1, 2)].sum()), rel=1e-9, abs=1e-9 * scale)
+
+
+def test_acdc_thresholds_bound_what_it_keeps(model, pairs, corrupt):
+    attribution = attribute(model, pairs, method="eap", ablation=corrupt)
+    keep_all = acdc(model, attribution, pairs, corrupt, n_candidates=12, tau=-1.0)
+    assert keep_all["n_kept"] == 12 and keep_all["n_start"] == 12
+    drop_all = acdc(model, attribution, pairs, corrupt, n_candidates=12, tau=1e9)
+    assert drop_all["n_kept"] == 0
+    # the value it reports for the empty circuit is the corrupted run's KL to the clean run
+    clean = run_last_logits(model, pairs.clean, pairs.last).log_softmax(-1)
+    bad = run_last_logits(model, pairs.corrupt, pairs.last).log_softmax(-1)
+    kl = float((clean.exp() * (clean - bad)).sum(-1).mean())
+    assert drop_all["value"] == pytest.approx(kl, rel=1e-3)
+
+
+def test_discover_returns_a_circuit_with_curves(model, pairs, tmp_path):
+    circuit, details = discover(model, pairs, task="toy", method="eap", ablation="mean", curve_points=4)
+    kinds = {r["kind"] for r in circuit.faithfulness}
+    assert kinds == {"edges", "heads"}
+    full = [r for r in circuit.faithfulness if r["kind"] == "heads" and r["n_heads"] == L * H]
+    assert full[0]["value"] == pytest.approx(1.0, abs=1e-4)
+    edges_all = [r for r in circuit.faithfulness if r["kind"] == "edges" and r["n_edges"] == details["graph_edges"]]
+    assert edges_all[0]["value"] == pytest.approx(1.0, abs=1e-3)
+    circuit.to_json(tmp_path / "c.json")
+    again = Circuit.from_json(tmp_path / "c.json")
+    assert again.nodes == circuit.nodes and len(again.edges) == len(circuit.edges)
+    with pytest.raises(InputError, match="kl"):
+        attribute(model, pairs, method="eap", metric="kl")
+
+
+def test_size_grid():
+    assert size_grid(100, 5, start=1) == [1, 3, 10, 32, 100]
+    assert size_grid(1, 5) == [1]
