@@ -288,7 +288,9 @@ class KVCache:
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v [batch, kv_head, new, d_head]; return all keys and values so far."""
         n, new = self.lengths[layer], k.shape[2]
-        if n == 0 and not self.frozen:
+        if n == 0 and self.frozen:
+            return k, v
+        if n == 0:
             self.keys[layer], self.values[layer] = self._buffer(k, new), self._buffer(v, new)
         elif self.frozen or self.keys[layer].shape[0] != k.shape[0]:
             past_k, past_v = (t[:, :, :n].expand(k.shape[0], -1, -1, -1) for t in (self.keys[layer], self.values[layer]))

@@ -1,0 +1,446 @@
+"""Safety heads (Zhou et al. 2024, repo ydyjya/SafetyHeadAttribution): Ships, Sahara, and a
+refusal-rate check of what ablating the heads does.
+
+Ships(prompt, head) = KL(p_base ‖ p_ablated) of the next-token distribution at the prompt's last
+position. Ablations (`ablation`):
+  "query"  (default, the paper's) the head's query × `scale` (1e-5): its attention becomes
+           uniform ("undifferentiated"). Scaling the head's keys instead is the same operation
+           for that head (scores are q·k), so it is not a separate option.
+  "mean"   the head's output z replaced by its mean over the prompt set's tokens (base run).
+  "output" the head's output z × `scale`.
+The query is scaled after QK-norm and rotary (hook_rot_q) so QK-norm cannot undo it.
+
+Dataset level: Ships averaged over a prompt set ranks heads. Sahara searches greedily for the head
+set whose ablation turns the last-layer, last-token representation matrix of the harmful set
+(ln_final output, [prompts, d_model]) the most: the angle between the top left singular vectors
+of the base and ablated matrices, in degrees (the authors' `compute_subspace_similarity`).
+
+Cost: prompts go through the model's chat template; the template's shared beginning (system
+prompt, user tag) is run once and its keys and values reused for every prompt (`KVCache`). For a
+head in layer l, the ablated run restarts from the base run's residual stream entering layer l,
+for the shared prefix (batch 1) and then for the whole prompt batch (right-padded): one forward
+per head and prompt batch over layers l..L−1.
+"""
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from circuits.refusal import REFUSAL_PHRASES, is_refusal
+from circuits.retrieval import (
+    KVCache,
+    cached_attention,
+    chat_prompt,
+    decode_threads,
+    run_cached,
+    stop_token_ids,
+)
+from interp.errors import InputError
+from interp.head_table import HeadTable
+
+ABLATIONS = ("query", "mean", "output")
+SCALE = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt sets
+
+
+def load_prompts(kind: str = "harmful") -> pd.DataFrame:
+    """The shipped prompt set `kind` ("harmful" or "harmless") as a DataFrame (id, category, prompt).
+    Harmful requests are written for this project in the style of AdvBench; each harmless one
+    mirrors a harmful one's verb and form (column pair_of names the harmful category)."""
+    if kind not in ("harmful", "harmless"):
+        raise InputError(f"unknown prompt set {kind!r}; choose harmful or harmless")
+    text = resources.files("circuits").joinpath("data", f"{kind}.jsonl").read_text(encoding="utf-8")
+    return pd.DataFrame([json.loads(line) for line in text.splitlines() if line.strip()])
+
+
+@dataclass
+class PromptBatch:
+    """Chat-templated prompts split into a shared prefix [P] and right-padded suffixes [B, S];
+    `last` [B] is each suffix's last real index, `lengths` [B] its real length."""
+
+    prefix: torch.Tensor
+    suffix: torch.Tensor
+    last: torch.Tensor
+    lengths: torch.Tensor
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return self.suffix.shape[0]
+
+
+def chat_batch(model: HookedTransformer, prompts: Sequence[str], *, template: bool = True) -> PromptBatch:
+    """Tokenise `prompts` (through the chat template unless template=False) and split off the
+    longest token prefix they share (every suffix keeps at least one token)."""
+    prompts = list(prompts)
+    if not prompts:
+        raise InputError("no prompts were given")
+    if model.tokenizer is None:
+        raise InputError("safety heads need a model with a tokenizer")
+    texts = [chat_prompt(model, p) if template else p for p in prompts]
+    bos = [model.tokenizer.bos_token_id] if model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None else []
+    ids = [bos + model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shared = min(len(x) for x in ids) - 1
+    for i in range(shared):
+        if any(x[i] != ids[0][i] for x in ids):
+            shared = i
+            break
+    suffixes = [x[shared:] for x in ids]
+    width = max(len(s) for s in suffixes)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    suffix = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in suffixes])
+    return PromptBatch(torch.tensor(ids[0][:shared], dtype=torch.long), suffix, lengths - 1, lengths, prompts)
+
+
+# ---------------------------------------------------------------------------------------------
+# ablation hooks
+
+
+def ablation_hooks(model: HookedTransformer, heads: Sequence[tuple[int, int]], ablation: str = "query", *,
+                   scale: float = SCALE, mean_z: torch.Tensor | None = None) -> list:
+    """Forward hooks ablating `heads` ((layer, head) pairs). mean_z [layer, head, d_head] for "mean"."""
+    cfg = model.cfg
+    if ablation not in ABLATIONS:
+        raise InputError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+    if ablation == "mean" and mean_z is None:
+        raise InputError("mean ablation needs the heads' mean outputs (mean_z)")
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
+            raise InputError(f"head L{layer}H{head} does not exist in a model of {cfg.n_layers} layers × {cfg.n_heads} heads")
+        by_layer.setdefault(int(layer), []).append(int(head))
+    site = ("hook_rot_q" if cfg.positional_embedding_type == "rotary" else "hook_q") if ablation == "query" else "hook_z"
+
+    def hook_for(layer: int, hs: list[int]):
+        def hook(x, hook):  # [batch, pos, head, d_head]
+            x = x.clone()
+            if ablation == "mean":
+                x[:, :, hs] = mean_z[layer, hs].to(x.dtype)
+            else:
+                x[:, :, hs] = x[:, :, hs] * scale
+            return x
+        return hook
+
+    return [(f"blocks.{l}.attn.{site}", hook_for(l, hs)) for l, hs in sorted(by_layer.items())]
+
+
+# ---------------------------------------------------------------------------------------------
+# base run and restarts
+
+
+@dataclass
+class BaseRun:
+    """What an ablated run restarts from: residual streams entering each layer for the prefix
+    [layer, P, d_model] and suffixes [layer, B, S, d_model]; base log-probs [B, vocab] and last-layer
+    last-token representations [B, d_model]; mean head outputs [layer, head, d_head]."""
+
+    batch: PromptBatch
+    prefix_resid: torch.Tensor
+    suffix_resid: torch.Tensor
+    logprobs: torch.Tensor
+    final: torch.Tensor
+    mean_z: torch.Tensor
+
+
+def base_run(model: HookedTransformer, batch: PromptBatch) -> BaseRun:
+    """Run the prompts once without ablation, keeping what every restart needs."""
+    cfg = model.cfg
+    L = cfg.n_layers
+    prefix_resid: list = [None] * L
+    suffix_resid: list = [None] * L
+    z_sum = torch.zeros(L, cfg.n_heads, cfg.d_head, dtype=torch.float64)
+    real = _real_mask(batch)
+
+    def keep(store, layer):
+        def hook(x, hook):
+            store[layer] = x.detach()
+        return hook
+
+    def z_hook(layer, weight):
+        def hook(z, hook):  # [batch, pos, head, d_head]
+            w = weight(z)
+            z_sum[layer] += (z.double() * w[..., None, None]).sum((0, 1)).cpu()
+        return hook
+
+    prefix_w = lambda z: torch.full(z.shape[:2], float(len(batch)), dtype=torch.float64, device=z.device)
+    suffix_w = lambda z: real.to(z.device).double()
+    cache = KVCache(L)
+    with torch.no_grad():
+        hooks = [(f"blocks.{l}.hook_resid_pre", keep(prefix_resid, l)) for l in range(L)]
+        hooks += [(f"blocks.{l}.attn.hook_z", z_hook(l, prefix_w)) for l in range(L)]
+        with model.hooks(fwd_hooks=hooks):
+            if len(batch.prefix):
+                run_cached(model, batch.prefix[None], cache)
+        cache.frozen = True
+        hooks = [(f"blocks.{l}.hook_resid_pre", keep(suffix_resid, l)) for l in range(L)]
+        hooks += [(f"blocks.{l}.attn.hook_z", z_hook(l, suffix_w)) for l in range(L)]
+        with model.hooks(fwd_hooks=hooks):
+            final, logprobs = _finish(model, batch, cache, None, 0)
+    n_tokens = len(batch) * len(batch.prefix) + int(real.sum())
+    empty = torch.zeros(L, 0, cfg.d_model)
+    return BaseRun(batch, torch.stack([p[0] for p in prefix_resid]) if len(batch.prefix) else empty,
+                   torch.stack(suffix_resid), logprobs, final, (z_sum / n_tokens).float())
+
+
+def _real_mask(batch: PromptBatch) -> torch.Tensor:
+    return torch.arange(batch.suffix.shape[1])[None, :] < batch.lengths[:, None]
+
+
+def _finish(model, batch: PromptBatch, cache: KVCache, resid, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the suffixes from layer `start` (tokens when resid is None) → (ln_final at the last real
+    token [B, d_model], log-probs there [B, vocab], float32)."""
+    cfg = model.cfg
+    with cached_attention(model, cache):
+        if resid is None:
+            resid = model.hook_embed(model.embed(batch.suffix.to(cfg.device)))
+        for block in model.blocks[start:]:
+            resid = block(resid)
+    rows = torch.arange(len(batch), device=resid.device)
+    final = model.ln_final(resid[rows, batch.last.to(resid.device)][:, None])  # [B, 1, d_model]
+    logits = model.unembed(final)[:, 0].float()
+    return final[:, 0].float(), torch.log_softmax(logits, -1)
+
+
+def ablated_run(model: HookedTransformer, base: BaseRun, heads: Sequence[tuple[int, int]], ablation: str = "query",
+                *, scale: float = SCALE) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward with `heads` ablated, restarting at the earliest of their layers: the shared
+    prefix (batch 1), then every prompt at once. → (final reps [B, d_model], log-probs [B, vocab])."""
+    start = min(l for l, _ in heads)
+    cache = KVCache(model.cfg.n_layers)
+    hooks = ablation_hooks(model, heads, ablation, scale=scale, mean_z=base.mean_z)
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        if base.prefix_resid.shape[1]:
+            with cached_attention(model, cache):
+                resid = base.prefix_resid[start][None]
+                for block in model.blocks[start:]:
+                    resid = block(resid)
+        cache.frozen = True
+        return _finish(model, base.batch, cache, base.suffix_resid[start], start)
+
+
+def kl_divergence(base_logprobs: torch.Tensor, other_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(p_base ‖ p_other) per row in nats, float64: Σ p_base (log p_base − log p_other)."""
+    b, o = base_logprobs.double(), other_logprobs.double()
+    return (b.exp() * (b - o)).sum(-1)
+
+
+def subspace_angle(base: torch.Tensor, other: torch.Tensor) -> float:
+    """Angle in degrees between the top left singular vectors of two [prompts, d] matrices."""
+    u1 = torch.linalg.svd(base.double(), full_matrices=False)[0][:, :1]
+    u2 = torch.linalg.svd(other.double(), full_matrices=False)[0][:, :1]
+    cos = torch.linalg.svdvals(u1.T @ u2).clamp(-1, 1)
+    return float(torch.rad2deg(torch.acos(cos))[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Ships and Sahara
+
+
+@dataclass
+class ShipsResult:
+    """`table`: HeadTable with ships (mean over prompts, nats), ships_median, sahara_angle (the
+    first greedy step's angle, degrees). `per_prompt`: [prompt, layer, head] float64 Ships."""
+
+    table: HeadTable
+    per_prompt: np.ndarray
+    base: BaseRun
+
+
+def ships(model: HookedTransformer, prompts: Sequence[str] | None = None, *, ablation: str = "query",
+          scale: float = SCALE, heads: Sequence[tuple[int, int]] | None = None, template: bool = True,
+          progress: bool = False) -> ShipsResult:
+    """Ships of every head (or `heads`) on every prompt (default: the shipped harmful set),
+    with one batched forward per head. Also records Sahara's first-step angle per head."""
+    cfg = model.cfg
+    if prompts is None:
+        prompts = load_prompts("harmful")["prompt"].tolist()
+    batch = chat_batch(model, prompts, template=template)
+    base = base_run(model, batch)
+    heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
+    per_prompt = np.full((len(batch), cfg.n_layers, cfg.n_heads), np.nan)
+    angle = np.full((cfg.n_layers, cfg.n_heads), np.nan)
+    for layer, head in _progress(heads, progress, "Ships"):
+        final, logprobs = ablated_run(model, base, [(layer, head)], ablation, scale=scale)
+        per_prompt[:, layer, head] = kl_divergence(base.logprobs, logprobs).cpu().numpy()
+        angle[layer, head] = subspace_angle(base.final, final)
+    meta = {"analysis": "safety", "ablation": ablation, "scale": scale, "n_prompts": len(batch),
+            "shared_prefix_tokens": len(batch.prefix), "chat_template": template}
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # heads not scored stay NaN
+        metrics = {"ships": np.nanmean(per_prompt, 0), "ships_median": np.nanmedian(per_prompt, 0),
+                   "sahara_angle": angle}
+    table = HeadTable.from_arrays(metrics, model=cfg.model_name, meta=meta)
+    if len(heads) < cfg.n_layers * cfg.n_heads:
+        keep = set(heads)
+        table.df = table.df[[(l, h) in keep for l, h in zip(table.df["layer"], table.df["head"])]].reset_index(drop=True)
+    return ShipsResult(table, per_prompt, base)
+
+
+def sahara(model: HookedTransformer, base: BaseRun, *, steps: int = 3, ablation: str = "query", scale: float = SCALE,
+           candidates: Sequence[tuple[int, int]] | None = None, first_angles: HeadTable | None = None,
+           progress: bool = False) -> pd.DataFrame:
+    """Greedy head-set search: at each step add the candidate head whose ablation, together with the
+    set so far, gives the largest angle (`subspace_angle`) against the base representations.
+    candidates default to every head; `first_angles` (a table with sahara_angle, e.g. from `ships`)
+    stands in for step 1. Returns one row per step: step, head, label, angle, set."""
+    cfg = model.cfg
+    pool = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if candidates is None else list(candidates)
+    chosen: list[tuple[int, int]] = []
+    rows = []
+    for step in range(1, steps + 1):
+        if step == 1 and first_angles is not None:
+            angles = {(int(l), int(h)): float(a) for l, h, a in
+                      zip(first_angles.df["layer"], first_angles.df["head"], first_angles.df["sahara_angle"])
+                      if (int(l), int(h)) in set(pool)}
+        else:
+            angles = {}
+            for cand in _progress([c for c in pool if c not in chosen], progress, f"Sahara step {step}"):
+                final, _ = ablated_run(model, base, chosen + [cand], ablation, scale=scale)
+                angles[cand] = subspace_angle(base.final, final)
+        best = max(angles, key=lambda c: (angles[c], -c[0], -c[1]))
+        chosen.append(best)
+        rows.append({"step": step, "layer": best[0], "head": best[1], "label": f"L{best[0]}H{best[1]}",
+                     "angle": angles[best], "set": ",".join(f"L{l}H{h}" for l, h in chosen)})
+        pool = [c for c in pool if c != best]
+        if not pool:
+            break
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# generation and the refusal check
+
+
+def generate(model: HookedTransformer, prompts: Sequence[str], *, max_new_tokens: int = 32,
+             heads: Sequence[tuple[int, int]] = (), ablation: str = "query", scale: float = SCALE,
+             mean_z: torch.Tensor | None = None, template: bool = True, batch_size: int = 64) -> list[str]:
+    """Greedy answers to `prompts` (chat template), `heads` ablated, batched: the shared prefix once,
+    then the suffixes left-padded in the middle (positions and attention skip the padding)."""
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        out += _generate_batch(model, list(prompts[start:start + batch_size]), max_new_tokens, heads, ablation, scale,
+                               mean_z, template)
+    return out
+
+
+def _generate_batch(model, prompts, max_new_tokens, heads, ablation, scale, mean_z, template) -> list[str]:
+    cfg = model.cfg
+    batch = chat_batch(model, prompts, template=template)
+    B, S, P = len(batch), batch.suffix.shape[1], len(batch.prefix)
+    # left-pad the suffixes: real tokens end at the same column
+    shift = S - batch.lengths
+    cols = (torch.arange(S)[None, :] - shift[:, None]) % S
+    suffix = torch.gather(batch.suffix, 1, cols)
+    real = torch.arange(S)[None, :] >= shift[:, None]
+    cache = KVCache(cfg.n_layers, reserve=max_new_tokens + 1)
+    hooks = ablation_hooks(model, heads, ablation, scale=scale, mean_z=mean_z) if heads else []
+    stops = torch.tensor(sorted(stop_token_ids(model)))
+    tokens = torch.zeros(B, 0, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool)
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        if P:
+            run_cached(model, batch.prefix[None], cache)
+        cache.mask = torch.cat([torch.ones(B, P, dtype=torch.long), real.long(),
+                                torch.ones(B, max_new_tokens + 1, dtype=torch.long)], 1).to(cfg.device)
+        logits = run_cached(model, suffix, cache)
+        with decode_threads(cfg.device):
+            for _ in range(max_new_tokens):
+                nxt = logits.argmax(-1).cpu()
+                tokens = torch.cat([tokens, nxt[:, None]], 1)
+                done |= torch.isin(nxt, stops)
+                if bool(done.all()):
+                    break
+                logits = run_cached(model, nxt[:, None], cache)
+    texts = []
+    for row in tokens.tolist():
+        cut = next((i for i, t in enumerate(row) if t in set(stops.tolist())), len(row))
+        texts.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    return texts
+
+
+def refusal_check(
+    model: HookedTransformer,
+    table: HeadTable,
+    *,
+    metric: str = "ships",
+    ks: Sequence[int] = (1, 3, 5),
+    draws: int = 3,
+    seed: int = 0,
+    harmful: Sequence[str] | None = None,
+    harmless: Sequence[str] | None = None,
+    max_new_tokens: int = 32,
+    ablation: str = "query",
+    scale: float = SCALE,
+    phrases: Sequence[str] = REFUSAL_PHRASES,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Refusal rate on the harmful and harmless sets with the top-k heads by `metric` ablated, vs k
+    random other heads (`draws` seeded draws), vs none. Returns (one row per run: k, ablated, draw,
+    set, refusal_rate, heads) and the base answers per set."""
+    harmful = load_prompts("harmful")["prompt"].tolist() if harmful is None else list(harmful)
+    harmless = load_prompts("harmless")["prompt"].tolist() if harmless is None else list(harmless)
+    order = table.df.sort_values(metric, ascending=False, kind="stable")
+    ranked = list(zip(order["layer"].astype(int), order["head"].astype(int)))
+    if max(ks) >= len(ranked):
+        raise InputError(f"k up to {max(ks)} leaves no other heads to draw from {len(ranked)}")
+    rng = random.Random(seed)
+    runs = [(0, "none", 0, [])]
+    for k in ks:
+        runs.append((k, f"top {metric}", 0, ranked[:k]))
+        runs += [(k, "random", d, rng.sample(ranked[k:], k)) for d in range(draws)]
+    rows, base_answers = [], {}
+    for k, which, draw, heads in _progress(runs, progress, "refusal check"):
+        for name, prompts in (("harmful", harmful), ("harmless", harmless)):
+            answers = generate(model, prompts, max_new_tokens=max_new_tokens, heads=heads, ablation=ablation,
+                               scale=scale)
+            if k == 0:
+                base_answers[name] = answers
+            rows.append({"k": k, "ablated": which, "draw": draw, "set": name,
+                         "refusal_rate": float(np.mean([is_refusal(a, phrases) for a in answers])),
+                         "heads": ",".join(f"L{l}H{h}" for l, h in heads)})
+    return pd.DataFrame(rows), base_answers
+
+
+def _progress(items: Sequence, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not enabled)
+
+
+def summary(checks: pd.DataFrame) -> pd.DataFrame:
+    """Refusal rate per (k, ablated, set), random draws averaged (mean and min–max)."""
+    g = checks.groupby(["k", "ablated", "set"])["refusal_rate"]
+    return pd.DataFrame({"refusal_rate": g.mean(), "min": g.min(), "max": g.max(), "runs": g.size()}).reset_index()
+
+
+__all__ = [
+    "ABLATIONS",
+    "SCALE",
+    "BaseRun",
+    "PromptBatch",
+    "ShipsResult",
+    "ablated_run",
+    "ablation_hooks",
+    "base_run",
+    "chat_batch",
+    "generate",
+    "kl_divergence",
+    "load_prompts",
+    "refusal_check",
+    "sahara",
+    "ships",
+    "subspace_angle",
+    "summary",
+]
