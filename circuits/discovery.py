@@ -209,13 +209,16 @@ def run_with_edges(model: HookedTransformer, graph: Graph, part: PromptPairs, ab
     resid_pre: list[torch.Tensor] = []
     embed = abl.embed.to(dev)
 
+    flat = delta.view(graph.n_src, -1)
+
     def correct(act, n_src, cols):  # act [B, P, (c,) d]; subtract Σ_u removed[u, c] · delta_u
         r = removed[:n_src, cols]
         if not bool(r.any()):
             return act
         if isinstance(cols, int):
-            return act - torch.einsum("sbpd,s->bpd", delta[:n_src], r)
-        return act - torch.einsum("sbpd,sc->bpcd", delta[:n_src], r)
+            return act - (r[None] @ flat[:n_src]).view(B, P, cfg.d_model)
+        corr = (r.T @ flat[:n_src]).view(len(cols), B, P, cfg.d_model)  # one GEMM, no copies of delta
+        return act - corr.permute(1, 2, 0, 3)
 
     def on_embed(act, hook):
         delta[0] = act - embed
@@ -635,7 +638,7 @@ def acdc(model: HookedTransformer, attribution: Attribution, pairs: PromptPairs,
 def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task", method: str = "eap",
              metric: str = "logit_diff", ablation: str = "mean", steps: int = 5, target: float = 0.8,
              acdc_candidates: int = 200, tau: float = 0.01, acdc_prompts: int = 16, curve_points: int = 10,
-             max_curve_heads: int | None = None, batch_size: int = 16, seed: int = 0,
+             max_curve_heads: int | None = None, edge_curves: bool = True, batch_size: int = 16, seed: int = 0,
              progress: bool = False) -> tuple[Circuit, dict[str, Any]]:
     """Find the circuit for a task and measure its faithfulness.
 
@@ -644,7 +647,8 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
     keeps top-|score| edges; the head curve keeps top-|node score| heads (MLPs intact), the rest
     ablated. The circuit: the edges of the smallest edge-curve point reaching `target` (the
     ACDC result for acdc) and, as nodes, the heads of the smallest head-curve point reaching it
-    (the largest point when none does). Returns (Circuit, details with the raw scores)."""
+    (the largest point when none does). `edge_curves=False` skips the edge curve (and keeps the
+    top 1 % of edges). Returns (Circuit, details with the raw scores)."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     check_metric(metric)
@@ -671,11 +675,14 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
     edges: list[Edge] = []
     if attribution is not None:
         details["attribution"] = attribution
-        edge_sizes = size_grid(graph.n_edges, curve_points, start=10)
-        edge_rows = edge_curve(model, attribution, pairs, abl, edge_sizes, batch_size=batch_size)
-        curve = edge_rows + curve
-        chosen = smallest_reaching(edge_rows, target) or edge_rows[-1]
-        keep = attribution.top_mask(int(chosen["n_edges"]))
+        if edge_curves or method == "acdc":
+            edge_sizes = size_grid(graph.n_edges, curve_points, start=10)
+            edge_rows = edge_curve(model, attribution, pairs, abl, edge_sizes, batch_size=batch_size)
+            curve = edge_rows + curve
+            chosen = smallest_reaching(edge_rows, target) or edge_rows[-1]
+            keep = attribution.top_mask(int(chosen["n_edges"]))
+        else:
+            keep = attribution.top_mask(max(1, graph.n_edges // 100))
         if method == "acdc":
             sub = pairs.select(slice(0, min(acdc_prompts, len(pairs))))
             sub_abl = abl.select(slice(0, len(sub)), sub.clean.shape[1])

@@ -14,11 +14,12 @@ from interp.head_table import HeadTable, head_label
 from interp.loading import cache_root, load_hf_model, load_model
 from interp.model_card import model_card
 from interp.model_registry import DEFAULT_MODEL, EMBEDDED, embedded_status
+from interp.patching import Ablation, PromptPairs, ablation_values, patch_heads
 
 __all__ = [
-    "ACTIVATIONS", "Capture", "Circuit", "DEFAULT_MODEL", "EMBEDDED", "Edge", "HeadTable", "InputError",
-    "available_models", "cache_root", "capture", "embedded_status", "head_label", "head_summary",
-    "load_hf_model", "load_model", "model_card",
+    "ACTIVATIONS", "Ablation", "Capture", "Circuit", "DEFAULT_MODEL", "EMBEDDED", "Edge", "HeadTable", "InputError", "PromptPairs",
+    "ablation_values", "available_models", "cache_root", "capture", "embedded_status", "head_label", "head_summary",
+    "load_hf_model", "load_model", "model_card", "patch_heads",
 ]
 
 

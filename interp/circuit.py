@@ -17,6 +17,7 @@ from interp.errors import InputError
 SCHEMA = "interp.circuit/1"
 _HEAD = re.compile(r"^A(\d+)\.(\d+)")
 _MLP = re.compile(r"^MLP (\d+)")
+_KV = re.compile(r"^A(\d+)\.KV(\d+)")  # a GQA key/value input, shared by the query heads of KV head g
 
 
 @dataclass
@@ -70,16 +71,18 @@ class Circuit:
 
         return cls.from_dict(read_json(path, "circuit"))
 
-    def graph_figure(self):
-        """Plotly figure: nodes placed by layer (y) and head (x), edges drawn with width ∝ |score|."""
+    def graph_figure(self, max_edges: int = 300):
+        """Plotly figure: nodes placed by layer (y) and head (x), the `max_edges` edges of largest
+        |score| drawn with width ∝ |score|."""
         import plotly.graph_objects as go
 
-        names = list(dict.fromkeys(self.nodes + [n for e in self.edges for n in (e.src, e.dst)]))
+        edges = sorted(self.edges, key=lambda e: -abs(e.score))[:max_edges]
+        names = list(dict.fromkeys(self.nodes + [n for e in edges for n in (e.src, e.dst)]))
         top_layer = max((_position(n, 0)[1] for n in names), default=0.0) + 1
         pos = {n: _position(n, top_layer) for n in names}
-        top = max((abs(e.score) for e in self.edges), default=1.0) or 1.0
+        top = max((abs(e.score) for e in edges), default=1.0) or 1.0
         fig = go.Figure()
-        for e in self.edges:
+        for e in edges:
             (x0, y0), (x1, y1) = pos[e.src], pos[e.dst]
             fig.add_trace(go.Scatter(
                 x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text", text=f"{e.src} → {e.dst}: {e.score:.3g}",
@@ -99,8 +102,22 @@ class Circuit:
         import plotly.graph_objects as go
 
         rows = self.faithfulness
-        fig = go.Figure(go.Scatter(x=[r["n_edges"] for r in rows], y=[r["value"] for r in rows], mode="lines+markers"))
-        fig.update_layout(title="faithfulness: circuit metric / full model metric", xaxis_title="edges kept",
+        kinds = list(dict.fromkeys(r.get("kind", "edges") for r in rows))
+        if kinds == ["edges"]:
+            fig = go.Figure(go.Scatter(x=[r["n_edges"] for r in rows], y=[r["value"] for r in rows], mode="lines+markers"))
+            fig.update_layout(title="faithfulness: circuit metric / full model metric", xaxis_title="edges kept",
+                              yaxis_title="faithfulness")
+            return fig
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("by edges kept", "by heads kept"))
+        for kind in kinds:  # rows may carry "kind": edges / heads / acdc (one point)
+            part = [r for r in rows if r.get("kind", "edges") == kind]
+            col, x = (2, "n_heads") if kind == "heads" else (1, "n_edges")
+            fig.add_trace(go.Scatter(x=[r[x] for r in part], y=[r["value"] for r in part], name=kind,
+                                     mode="lines+markers" if len(part) > 1 else "markers"), row=1, col=col)
+        fig.update_xaxes(type="log", row=1, col=1)
+        fig.update_layout(title="faithfulness: circuit metric / full model metric (everything else ablated)",
                           yaxis_title="faithfulness")
         return fig
 
@@ -130,4 +147,6 @@ def _position(node: str, end_layer: float) -> tuple[float, float]:
         return float(m[2]), float(m[1])
     if m := _MLP.match(node):
         return -2.0, float(m[1]) + 0.5
+    if m := _KV.match(node):
+        return -1.0 + 0.25 * float(m[2]), float(m[1]) - 0.3
     return (-4.0, -1.0) if node.startswith("Resid Start") else (-4.0, end_layer)

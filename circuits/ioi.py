@@ -1,0 +1,515 @@
+"""Indirect object identification (Wang et al. 2022) on the discovery engine, and a second task for
+component reuse (Merullo et al. 2023).
+
+IOI prompts: "When Mary and John went to the store, John gave a drink to" → IO " Mary", subject
+S " John". BABA: the subject is named first ("… John and Mary …, John …"); ABBA: the IO first.
+Templates are Wang et al.'s 15 BABA templates (ABBA swaps the first two names). ABC corruption:
+the same sentence with three unrelated names in the three name slots. Metric: logit(IO) −
+logit(S) at the last position. Names, places and objects are kept only when each is a single
+token (with its leading space) for the model's tokenizer: checked, not assumed.
+
+Second task, for component reuse: factual recall of capitals ("The capital of France is" →
+" Paris"; corruption: another country, whose capital is the wrong token; metric logit(capital) −
+logit(other capital)). Chosen because SmolLM2-135M solves it (measured: 100 % of 22 single-token
+countries) while the colored-objects task Merullo et al. used does not (measured 38–58 % on three
+phrasings, chance is 33–50 %), nor do gendered pronouns (67 %); it also contrasts with IOI: the
+answer comes from the weights, not from the context, so the head overlap measures how much of the
+IOI machinery (name movers copying from context) a recall task reuses.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformer_lens import HookedTransformer
+
+from interp.errors import InputError
+from interp.patching import PromptPairs
+
+# Wang et al.'s BABA templates ({A} = first-named, {B} = second-named, {S} = the subject again;
+# the prompt ends before the final IO name).
+TEMPLATES = (
+    "Then, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {A} and {B} had a lot of fun at the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {A} and {B} were working at the {PLACE}. {S} decided to give a {OBJECT} to",
+    "Then, {A} and {B} were thinking about going to the {PLACE}. {S} wanted to give a {OBJECT} to",
+    "Then, {A} and {B} had a long argument, and afterwards {S} said to",
+    "After {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "When {A} and {B} got a {OBJECT} at the {PLACE}, {S} decided to give it to",
+    "When {A} and {B} got a {OBJECT} at the {PLACE}, {S} decided to give the {OBJECT} to",
+    "While {A} and {B} were working at the {PLACE}, {S} gave a {OBJECT} to",
+    "While {A} and {B} were commuting to the {PLACE}, {S} gave a {OBJECT} to",
+    "After the lunch, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Afterwards, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {A} and {B} had a long argument. Afterwards {S} said to",
+    "The {PLACE} {A} and {B} went to had a {OBJECT}. {S} gave it to",
+    "Friends {A} and {B} found a {OBJECT} at the {PLACE}. {S} gave it to",
+)
+NAMES = (
+    "Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Paul", "Kate", "Anna", "David", "Sarah",
+    "Mark", "Lisa", "Peter", "Laura", "Jack", "Emma", "Chris", "Alice", "Bob", "Michael", "Rachel", "Steve",
+    "Linda", "George", "Helen", "Frank", "Susan", "Henry", "Anne", "Eric", "Grace", "Adam", "Ruth", "Paula",
+    "Jane", "Alex", "Sam", "Ben", "Carl", "Joe", "Lucy", "Matt", "Nick", "Rose", "Tim", "Will", "Max",
+)
+PLACES = ("store", "garden", "restaurant", "school", "hospital", "office", "house", "station", "park", "beach",
+          "market", "library", "church", "museum", "bank", "river", "hotel", "farm", "kitchen", "airport")
+OBJECTS = ("ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack", "book", "ball", "letter",
+           "gift", "card", "key", "pen", "cake", "flower", "bag", "hat", "phone")
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo", "Russia": "Moscow",
+    "China": "Beijing", "Egypt": "Cairo", "England": "London", "Greece": "Athens", "Austria": "Vienna",
+    "Canada": "Ottawa", "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw",
+    "Portugal": "Lisbon", "Kenya": "Nairobi", "Cuba": "Havana", "Peru": "Lima", "Chile": "Santiago", "India": "Delhi",
+}
+CAPITAL_TEMPLATES = ("The capital of {X} is", "The capital city of {X} is", "{X}'s capital is the city of")
+
+
+def single_tokens(model: HookedTransformer, words: Sequence[str]) -> list[str]:
+    """The words that are one token with a leading space (" Mary") for the model's tokenizer."""
+    keep = []
+    for w in words:
+        ids = model.tokenizer.encode(" " + w, add_special_tokens=False)
+        if len(ids) == 1:
+            keep.append(w)
+    return keep
+
+
+def token_id(model: HookedTransformer, word: str) -> int:
+    ids = model.tokenizer.encode(" " + word, add_special_tokens=False)
+    if len(ids) != 1:
+        raise InputError(f"' {word}' is {len(ids)} tokens for {model.cfg.model_name}; names must be single tokens")
+    return ids[0]
+
+
+@dataclass
+class TaskData:
+    """A task's prompts and their prompt pairs for the engine.
+
+    prompts / corrupt_prompts: texts; pairs: PromptPairs (answer = IO or the asked color, wrong =
+    S or the other object's color, group = template); positions: per prompt, named token indices
+    (IOI: "IO", "S1", "S2", "end"); meta: template ids, orders, vocabulary sizes."""
+
+    task: str
+    prompts: list[str]
+    corrupt_prompts: list[str]
+    pairs: PromptPairs
+    positions: list[dict[str, int]]
+    meta: dict = field(default_factory=dict)
+
+
+def ioi_dataset(model: HookedTransformer, n: int = 64, *, seed: int = 0, orders: Sequence[str] = ("BABA", "ABBA"),
+                templates: Sequence[str] = TEMPLATES) -> TaskData:
+    """`n` IOI prompts (half BABA, half ABBA by default, templates cycled) with ABC corruptions."""
+    if n < 1:
+        raise InputError(f"the IOI dataset needs at least 1 prompt, got n={n}")
+    bad = [o for o in orders if o not in ("BABA", "ABBA")]
+    if bad or not orders:
+        raise InputError(f"IOI orders must be BABA and/or ABBA, got {list(orders)}")
+    names, places, objects = (single_tokens(model, w) for w in (NAMES, PLACES, OBJECTS))
+    if len(names) < 5 or not places or not objects:
+        raise InputError(f"{model.cfg.model_name}'s tokenizer splits too many IOI names/places/objects into several "
+                         "tokens; this dataset needs ≥ 5 single-token names")
+    rng = random.Random(seed)
+    clean, corrupt, answers, wrongs, groups, positions, prompts, corrupt_prompts, orders_used = ([] for _ in range(9))
+    for i in range(n):
+        t = i % len(templates)
+        order = orders[(i // len(templates)) % len(orders)]
+        io, s, c1, c2, c3 = rng.sample(names, 5)
+        place, obj = rng.choice(places), rng.choice(objects)
+        first, second = (s, io) if order == "BABA" else (io, s)
+        text = templates[t].format(A=first, B=second, S=s, PLACE=place, OBJECT=obj)
+        bad_text = templates[t].format(A=c1, B=c2, S=c3, PLACE=place, OBJECT=obj)
+        tokens = model.to_tokens(text)[0].cpu()
+        bad_tokens = model.to_tokens(bad_text)[0].cpu()
+        if len(tokens) != len(bad_tokens):
+            raise InputError(f"template {t} tokenises the clean and ABC prompts to different lengths")
+        io_id, s_id = token_id(model, io), token_id(model, s)
+        s_pos = (tokens == s_id).nonzero().flatten().tolist()
+        io_pos = (tokens == io_id).nonzero().flatten().tolist()
+        if len(s_pos) != 2 or len(io_pos) != 1:
+            raise InputError(f"template {t}: expected S twice and IO once as single tokens in {text!r}")
+        clean.append(tokens)
+        corrupt.append(bad_tokens)
+        answers.append(io_id)
+        wrongs.append(s_id)
+        groups.append(t)
+        positions.append({"IO": io_pos[0], "S1": s_pos[0], "S2": s_pos[1], "end": len(tokens) - 1})
+        prompts.append(text)
+        corrupt_prompts.append(bad_text)
+        orders_used.append(order)
+    pairs = PromptPairs.from_lists(clean, corrupt, answers, wrongs, groups, pad=_pad(model))
+    meta = {"seed": seed, "orders": orders_used, "templates": groups, "n_templates": len(set(groups)),
+            "vocab": {"names": len(names), "places": len(places), "objects": len(objects)},
+            "rejected": {"names": sorted(set(NAMES) - set(names)), "places": sorted(set(PLACES) - set(places)),
+                         "objects": sorted(set(OBJECTS) - set(objects))}}
+    return TaskData("ioi", prompts, corrupt_prompts, pairs, positions, meta)
+
+
+def capitals_dataset(model: HookedTransformer, n: int = 64, *, seed: int = 0) -> TaskData:
+    """`n` factual-recall prompts ("The capital of France is" → " Paris"), templates cycled; the
+    corruption names another country, whose capital is the wrong token."""
+    if n < 1:
+        raise InputError(f"the capitals dataset needs at least 1 prompt, got n={n}")
+    pairs_ok = [(c, k) for c, k in CAPITALS.items() if single_tokens(model, [c]) and single_tokens(model, [k])]
+    if len(pairs_ok) < 4:
+        raise InputError(f"{model.cfg.model_name}'s tokenizer leaves fewer than 4 single-token country/capital pairs")
+    rng = random.Random(seed)
+    clean, corrupt, answers, wrongs, groups, positions, prompts, corrupt_prompts = ([] for _ in range(8))
+    for i in range(n):
+        t = i % len(CAPITAL_TEMPLATES)
+        (country, capital), (other, other_capital) = rng.sample(pairs_ok, 2)
+        text, bad_text = CAPITAL_TEMPLATES[t].format(X=country), CAPITAL_TEMPLATES[t].format(X=other)
+        tokens, bad_tokens = model.to_tokens(text)[0].cpu(), model.to_tokens(bad_text)[0].cpu()
+        if len(tokens) != len(bad_tokens):
+            raise InputError("capitals: clean and corrupted prompts tokenise to different lengths")
+        clean.append(tokens)
+        corrupt.append(bad_tokens)
+        answers.append(token_id(model, capital))
+        wrongs.append(token_id(model, other_capital))
+        groups.append(t)
+        positions.append({"end": len(tokens) - 1})
+        prompts.append(text)
+        corrupt_prompts.append(bad_text)
+    pairs = PromptPairs.from_lists(clean, corrupt, answers, wrongs, groups, pad=_pad(model))
+    meta = {"seed": seed, "n_countries": len(pairs_ok), "templates": list(CAPITAL_TEMPLATES)}
+    return TaskData("capitals", prompts, corrupt_prompts, pairs, positions, meta)
+
+
+def _pad(model: HookedTransformer) -> int:
+    tok = model.tokenizer
+    return tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
+
+
+def baseline(model: HookedTransformer, data: TaskData, batch_size: int = 32) -> dict[str, float]:
+    """The full model on the clean prompts: mean logit difference (answer − wrong), accuracy (share
+    of prompts with a positive difference) and top-1 (share whose top prediction is the answer);
+    the same logit difference on the corrupted prompts."""
+    from interp.patching import metric_per_prompt, run_last_logits
+
+    ld, ld_bad, top1 = [], [], []
+    for _, part in data.pairs.batches(batch_size):
+        logits = run_last_logits(model, part.clean, part.last)
+        ld.append(metric_per_prompt("logit_diff", logits, part))
+        top1.append((logits.argmax(-1).cpu() == part.answer).float())
+        ld_bad.append(metric_per_prompt("logit_diff", run_last_logits(model, part.corrupt, part.last), part))
+    ld, ld_bad, top1 = torch.cat(ld).cpu(), torch.cat(ld_bad).cpu(), torch.cat(top1)
+    return {"n_prompts": len(data.pairs), "logit_diff": float(ld.mean()), "logit_diff_std": float(ld.std()) if len(ld) > 1 else 0.0,
+            "accuracy": float((ld > 0).float().mean()), "top1": float(top1.mean()),
+            "corrupt_logit_diff": float(ld_bad.mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# head roles
+
+
+ROLES = ("name_mover", "negative_name_mover", "s_copy_suppression", "s_inhibition", "induction", "duplicate_token",
+         "previous_token", "other")
+
+
+@dataclass
+class RoleThresholds:
+    """name_attention: a (negative) name mover puts at least this much attention from the last
+    position on IO, and more on IO than on both S tokens; the sign of its direct effect on
+    logit(IO) − logit(S) decides name mover (+) or negative name mover (−).
+    s_copy_suppression: not in Wang et al.'s GPT-2 taxonomy, seen in SmolLM2: the head attends from the
+    last position more to S2 than to IO (at least name_attention), its OV circuit suppresses the
+    name it reads (negative copy score ≥ copy_score) and it raises logit(IO) − logit(S) directly, by
+    lowering S (copy suppression, McDougall et al. 2023, applied to the subject).
+    s_inhibition: attends from the last position more to S2 than to IO, and ablating it lowers the
+    name movers' (attention to IO − attention to S2) by at least s_inhibition.
+    induction / duplicate_token / previous_token: in the IOI prompts, attention S2 → the token after
+    S1 / S2 → S1 at least type_score, or the TransformerLens head-detector score on repeated random
+    tokens at least type_score (the largest of the three decides)."""
+
+    name_attention: float = 0.1
+    copy_score: float = 0.5
+    s_inhibition: float = 0.02
+    type_score: float = 0.3
+
+
+def ioi_head_evidence(model: HookedTransformer, data: TaskData, n: int = 16) -> dict[str, torch.Tensor]:
+    """Per head [layer, head], over the first `n` clean prompts: attention from the last position to
+    IO, S1 and S2 ("att_end_io", "att_end_s1", "att_end_s2"), from S2 to S1 ("att_s2_s1", duplicate
+    token in IOI) and to the token after S1 ("att_s2_s1_next", induction in IOI); the head's direct
+    effect on logit(IO) − logit(S) ("dla_logit_diff") and on logit(IO) ("dla_io") at the last position,
+    through the final norm's scale of the clean run."""
+    cfg = model.cfg
+    part = data.pairs.select(slice(0, min(n, len(data.pairs))))
+    pos = data.positions[: len(part)]
+    rows = torch.arange(len(part))
+    idx = {k: torch.tensor([p[k] for p in pos]) for k in ("IO", "S1", "S2", "end")}
+    att = {k: torch.zeros(cfg.n_layers, cfg.n_heads) for k in ("att_end_io", "att_end_s1", "att_end_s2", "att_s2_s1",
+                                                                 "att_s2_s1_next")}
+    z_end = torch.zeros(cfg.n_layers, len(part), cfg.n_heads, cfg.d_head)
+    scale = {}
+
+    def on_pattern(layer):
+        def hook(p, hook):  # [B, H, q, k]
+            p = p.detach().float().cpu()
+            att["att_end_io"][layer] = p[rows, :, idx["end"], idx["IO"]].mean(0)
+            att["att_end_s1"][layer] = p[rows, :, idx["end"], idx["S1"]].mean(0)
+            att["att_end_s2"][layer] = p[rows, :, idx["end"], idx["S2"]].mean(0)
+            att["att_s2_s1"][layer] = p[rows, :, idx["S2"], idx["S1"]].mean(0)
+            att["att_s2_s1_next"][layer] = p[rows, :, idx["S2"], idx["S1"] + 1].mean(0)
+        return hook
+
+    def on_z(layer):
+        def hook(z, hook):
+            z_end[layer] = z.detach().float().cpu()[rows, idx["end"]]
+        return hook
+
+    def on_scale(act, hook):
+        scale["end"] = act.detach().float().cpu()[rows, idx["end"]]  # [B, 1]
+
+    hooks = [(f"blocks.{l}.attn.hook_pattern", on_pattern(l)) for l in range(cfg.n_layers)]
+    hooks += [(f"blocks.{l}.attn.hook_z", on_z(l)) for l in range(cfg.n_layers)]
+    hooks.append(("ln_final.hook_scale", on_scale))
+    with torch.no_grad():
+        model.run_with_hooks(part.clean.to(cfg.device), fwd_hooks=hooks)
+    W_U = model.W_U.detach().float().cpu()
+    direction = (W_U[:, part.answer] - W_U[:, part.wrong]).T  # [B, d_model]
+    io_dir = W_U[:, part.answer].T
+    dla, dla_io = torch.zeros(cfg.n_layers, cfg.n_heads), torch.zeros(cfg.n_layers, cfg.n_heads)
+    for l in range(cfg.n_layers):
+        out = torch.einsum("bhe,hed->bhd", z_end[l], model.blocks[l].attn.W_O.detach().float().cpu())
+        out = out / scale["end"][:, :, None] if "end" in scale else out
+        dla[l] = torch.einsum("bhd,bd->bh", out, direction).mean(0)
+        dla_io[l] = torch.einsum("bhd,bd->bh", out, io_dir).mean(0)
+    return {**att, "dla_logit_diff": dla, "dla_io": dla_io}
+
+
+def copy_scores(model: HookedTransformer, heads: Sequence[tuple[int, int]], names: Sequence[str] = NAMES,
+                top: int = 5) -> dict[tuple[int, int], tuple[float, float]]:
+    """Wang et al.'s copy score per head: each name's residual after the first MLP (embedding +
+    MLP 0) through the head's OV circuit and the unembedding; the share of names ranked in the top
+    `top` logits (positive), and the same with the OV output negated (negative copy score)."""
+    names = single_tokens(model, names)
+    ids = torch.tensor([token_id(model, n) for n in names], device=model.cfg.device)
+    out = {}
+    with torch.no_grad():
+        x = model.W_E[ids][:, None]  # [n, 1, d]
+        x = x + model.blocks[0].mlp(model.blocks[0].ln2(x))
+        for l, h in heads:
+            attn = model.blocks[l].attn
+            v = model.blocks[l].ln1(x)[:, 0] @ attn.W_V[h] @ attn.W_O[h]  # [n, d]
+            scores = []
+            for sign in (1.0, -1.0):
+                logits = model.unembed(model.ln_final((sign * v)[:, None]))[:, 0]
+                rank = logits.topk(top, -1).indices
+                scores.append(float((rank == ids[:, None]).any(-1).float().mean()))
+            out[(l, h)] = (scores[0], scores[1])
+    return out
+
+
+def s_inhibition_effects(model: HookedTransformer, data: TaskData, candidates: Sequence[tuple[int, int]],
+                         name_movers: Sequence[tuple[int, int]], *, ablation: str = "mean", n: int = 8) -> dict:
+    """For each candidate head: mean-ablate it and measure the change in the name movers' attention
+    from the last position to IO minus to S2 (averaged over name movers and the first `n` prompts).
+    S-inhibition heads tell name movers to avoid S, so ablating them lowers it. → {head: change}."""
+    from interp.patching import ablation_values, clean_run
+
+    if not candidates or not name_movers:
+        return {}
+    cfg = model.cfg
+    part = data.pairs.select(slice(0, min(n, len(data.pairs))))
+    B = len(part)
+    abl = ablation_values(model, data.pairs, ablation).select(slice(0, B), part.clean.shape[1])
+    pos = data.positions[:B]
+    io = torch.tensor([p["IO"] for p in pos])
+    s2 = torch.tensor([p["S2"] for p in pos])
+    end = torch.tensor([p["end"] for p in pos])
+    nm_layers = sorted({l for l, _ in name_movers})
+
+    def nm_diff(patterns: dict[int, torch.Tensor], k: int) -> torch.Tensor:  # → [k]
+        diffs = []
+        for l in nm_layers:
+            heads = [h for ll, h in name_movers if ll == l]
+            p = patterns[l].view(k, B, cfg.n_heads, *patterns[l].shape[-2:])[:, :, heads]
+            r = torch.arange(B)
+            diffs.append((p[:, r, :, end, io] - p[:, r, :, end, s2]).mean((1, 2)))
+        return torch.stack(diffs).mean(0)
+
+    def collect(store):
+        def hook(p, hook):
+            store[int(hook.name.split(".")[1])] = p.detach().float().cpu()
+        return hook
+
+    base: dict[int, torch.Tensor] = {}
+    run = clean_run(model, part, "logit_diff")
+    with torch.no_grad():
+        model.run_with_hooks(part.clean.to(cfg.device),
+                             fwd_hooks=[(f"blocks.{l}.attn.hook_pattern", collect(base)) for l in nm_layers])
+    reference = float(nm_diff(base, 1)[0])
+    effects = {}
+    for layer in sorted({l for l, _ in candidates}):
+        heads = [h for l, h in candidates if l == layer and layer < max(nm_layers)]
+        if not heads:
+            continue
+        k = len(heads)
+        z_abl = abl.z[layer].to(cfg.device)
+
+        def ablate(z, hook, heads=heads, z_abl=z_abl):
+            z = z.clone()
+            for j, h in enumerate(heads):
+                z[j * B:(j + 1) * B, :, h] = z_abl[:, :, h]
+            return z
+
+        store: dict[int, torch.Tensor] = {}
+        hooks = [(f"blocks.{layer}.attn.hook_z", ablate)]
+        hooks += [(f"blocks.{l}.attn.hook_pattern", collect(store)) for l in nm_layers if l > layer]
+        with torch.no_grad():
+            model.run_with_hooks(run.resid_pre[layer].repeat(k, 1, 1), fwd_hooks=hooks, start_at_layer=layer,
+                                 stop_at_layer=max(nm_layers) + 1)
+        for l in nm_layers:
+            if l <= layer:
+                store[l] = base[l].repeat(k, 1, 1, 1)
+        for j, h in enumerate(heads):
+            effects[(layer, h)] = float(nm_diff(store, k)[j]) - reference
+    return effects
+
+
+def classify_roles(model: HookedTransformer, data: TaskData, heads: Sequence[tuple[int, int]], *,
+                   thresholds: RoleThresholds | None = None, n_evidence: int = 16, n_inhibition: int = 8,
+                   seed: int = 0):
+    """A role per head (ROLES) with the evidence behind it → pandas DataFrame, one row per head:
+    label, layer, head, role, the IOI attention and direct-effect numbers (`ioi_head_evidence`), copy
+    scores, the S-inhibition effect, and head-type scores on repeated random tokens."""
+    import pandas as pd
+
+    from circuits.heads import head_type_scores, repeated_random_tokens
+
+    th = thresholds or RoleThresholds()
+    ev = ioi_head_evidence(model, data, n_evidence)
+    types = head_type_scores(model, repeated_random_tokens(model, 24, 2, batch=4, seed=seed)).df
+    type_of = {(int(r.layer), int(r.head)): r for r in types.itertuples()}
+    copy = copy_scores(model, heads)
+
+    def is_mover(l, h):
+        io = float(ev["att_end_io"][l, h])
+        return io >= th.name_attention and io > float(ev["att_end_s1"][l, h] + ev["att_end_s2"][l, h])
+
+    movers = [(l, h) for l, h in heads if is_mover(l, h) and float(ev["dla_logit_diff"][l, h]) > 0]
+    others = [(l, h) for l, h in heads if not is_mover(l, h)]
+    inhibition = s_inhibition_effects(model, data, others, movers, n=n_inhibition)
+    rows = []
+    for l, h in heads:
+        t = type_of[(l, h)]
+        row = {"label": f"L{l}H{h}", "layer": l, "head": h,
+               **{k: float(v[l, h]) for k, v in ev.items()},
+               "copy_score": copy[(l, h)][0], "negative_copy_score": copy[(l, h)][1],
+               "s_inhibition_effect": inhibition.get((l, h), float("nan")),
+               "previous_token": float(t.previous_token), "duplicate_token": float(t.duplicate_token),
+               "induction": float(t.induction)}
+        row["role"] = _role(row, is_mover(l, h), th)
+        rows.append(row)
+    cols = ["label", "layer", "head", "role"]
+    df = pd.DataFrame(rows)
+    return df[cols + [c for c in df.columns if c not in cols]] if rows else pd.DataFrame(columns=cols)
+
+
+def _role(row: dict, mover: bool, th: RoleThresholds) -> str:
+    if mover:
+        return "name_mover" if row["dla_logit_diff"] > 0 else "negative_name_mover"
+    reads_s = row["att_end_s2"] >= th.name_attention and row["att_end_s2"] > row["att_end_io"]
+    if reads_s and row["dla_logit_diff"] > 0 and row["negative_copy_score"] >= th.copy_score:
+        return "s_copy_suppression"
+    if reads_s and row["s_inhibition_effect"] <= -th.s_inhibition:
+        return "s_inhibition"
+    kinds = {"induction": max(row["induction"], row["att_s2_s1_next"]),
+             "duplicate_token": max(row["duplicate_token"], row["att_s2_s1"]),
+             "previous_token": row["previous_token"]}
+    best = max(kinds, key=kinds.get)
+    return best if kinds[best] >= th.type_score else "other"
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole analysis
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two flat tensors (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.flatten().double().numpy(), b.flatten().double().numpy()).statistic)
+
+
+def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """The k heads of largest |score| from a [layer, head] tensor."""
+    n_heads = scores.shape[1]
+    return [divmod(int(i), n_heads) for i in scores.flatten().abs().argsort(descending=True, stable=True)[:k]]
+
+
+def jaccard(a, b) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def ioi_analysis(model: HookedTransformer, *, n_prompts: int = 48, method: str = "eap", seed: int = 0,
+                 steps: int = 5, target: float = 0.8, tau: float = 0.01, acdc_candidates: int = 200,
+                 checks: bool = True, patching_prompts: int = 16, reuse_prompts: int = 32, curve_points: int = 10,
+                 edge_curves: bool = True, role_prompts: int = 16, progress: bool = False) -> dict:
+    """IOI end to end: dataset, baseline, circuit (discovery engine, mean ablation over ABC), head
+    roles with evidence and, with `checks`, the targets' measurements: EAP head scores vs exact
+    activation patching (Spearman over all heads, on `patching_prompts` prompts), stability (top-20
+    Jaccard against an independent prompt sample) and component reuse with the capitals task."""
+    from circuits.discovery import attribute, discover
+    from interp.patching import ablation_values, patch_heads
+
+    cfg = model.cfg
+    n_all = cfg.n_layers * cfg.n_heads
+    data = ioi_dataset(model, n_prompts, seed=seed)
+    base = baseline(model, data)
+    circuit, details = discover(model, data.pairs, task="ioi", method=method, ablation="mean", steps=steps,
+                                target=target, tau=tau, acdc_candidates=acdc_candidates, curve_points=curve_points,
+                                edge_curves=edge_curves, seed=seed, progress=progress)
+    heads = circuit.heads
+    roles = classify_roles(model, data, heads, n_evidence=role_prompts, n_inhibition=max(4, role_prompts // 2), seed=seed)
+    for row in roles.to_dict(orient="records"):
+        circuit.evidence[f"A{row['layer']}.{row['head']}"].update(
+            {k: v for k, v in row.items() if k not in ("label", "layer", "head")})
+    head_rows = [r for r in circuit.faithfulness if r["kind"] == "heads"]
+    chosen = details["head_circuit"]
+    at_15 = max((r for r in head_rows if r["n_heads"] <= 0.15 * n_all), key=lambda r: r["n_heads"], default=None)
+    targets = {"n_heads_total": n_all, "circuit_heads": len(heads), "circuit_head_fraction": len(heads) / n_all,
+               "circuit_faithfulness": chosen["value"], "reaches_target": chosen["value"] >= target,
+               "best_within_15pct": at_15}
+    out = {"params": {"n_prompts": n_prompts, "method": method, "seed": seed, "steps": steps, "target": target,
+                      "tau": tau, "acdc_candidates": acdc_candidates, "ablation": "mean over the ABC prompts of "
+                      "the same template", "templates": data.meta["n_templates"], "vocab": data.meta["vocab"]},
+           "baseline": base, "circuit": circuit, "details": details, "roles": roles, "targets": targets,
+           "examples": [{"clean": c, "corrupt": x} for c, x in zip(data.prompts[:4], data.corrupt_prompts[:4])]}
+    if not checks:
+        return out
+    # EAP head scores vs exact activation patching, same prompts and ablation values
+    sub = data.pairs.select(slice(0, min(patching_prompts, len(data.pairs))))
+    abl = ablation_values(model, data.pairs, "mean", seed=seed).select(slice(0, len(sub)), sub.clean.shape[1])
+    eap = attribute(model, sub, method="eap", ablation=abl, progress=progress).head_scores()
+    exact = patch_heads(model, sub, ablation=abl, progress=progress)["effect"].view(cfg.n_layers, cfg.n_heads)
+    targets["spearman_eap_vs_patching"] = spearman(eap, exact)
+    targets["spearman_abs_eap_vs_patching"] = spearman(eap.abs(), exact.abs())
+    out["patching"] = {"eap": eap, "exact": exact, "n_prompts": len(sub)}
+    # stability: an independent sample of prompts (another seed)
+    other = ioi_dataset(model, n_prompts, seed=seed + 1000)
+    other_scores = attribute(model, other.pairs, method="eap", ablation="mean", progress=progress).head_scores()
+    main_scores = details["head_scores"] if method in ("eap",) else attribute(
+        model, data.pairs, method="eap", ablation="mean", progress=progress).head_scores()
+    targets["top20_jaccard"] = jaccard(top_heads(main_scores, 20), top_heads(other_scores, 20))
+    # component reuse with the capitals task
+    caps = capitals_dataset(model, reuse_prompts, seed=seed)
+    caps_base = baseline(model, caps)
+    caps_circuit, caps_details = discover(model, caps.pairs, task="capitals", method="eap", ablation="mean",
+                                          target=target, curve_points=curve_points, edge_curves=False, seed=seed,
+                                          progress=progress)
+    ioi_heads, caps_heads = set(heads), set(caps_circuit.heads)
+    k = len(ioi_heads)
+    top_caps = set(top_heads(caps_details["head_scores"], k))
+    out["reuse"] = {"task": "capitals", "baseline": caps_base, "circuit_heads": sorted(caps_heads),
+                    "circuit_faithfulness": caps_details["head_circuit"]["value"],
+                    "shared": sorted(ioi_heads & caps_heads),
+                    "share_of_ioi": len(ioi_heads & caps_heads) / max(1, len(ioi_heads)),
+                    "jaccard": jaccard(ioi_heads, caps_heads),
+                    "top_k_shared": len(ioi_heads & top_caps) / max(1, k), "k": k,
+                    "faithfulness": caps_circuit.faithfulness}
+    return out

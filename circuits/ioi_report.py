@@ -1,0 +1,141 @@
+"""IOI for people: the `interp ioi` command and the atlas section "ioi"."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+from interp.errors import InputError
+
+
+def _figures(result: dict[str, Any]) -> list:
+    import plotly.graph_objects as go
+
+    from interp.head_table import HeadTable
+
+    circuit, details = result["circuit"], result["details"]
+    figures = [circuit.faithfulness_figure()]
+    table = HeadTable.from_arrays({"node_score": details["head_scores"]}, model=circuit.model)
+    figures.append(table.heatmap("node_score", title=f"{circuit.method} head scores: Δ logit diff when the head's "
+                                 "output is mean-ablated (first order)"))
+    if "patching" in result:
+        p = result["patching"]
+        labels = [f"L{l}H{h}" for l in range(p["eap"].shape[0]) for h in range(p["eap"].shape[1])]
+        fig = go.Figure(go.Scatter(x=p["exact"].flatten().tolist(), y=p["eap"].flatten().tolist(), mode="markers",
+                                   text=labels, hoverinfo="text+x+y"))
+        fig.update_layout(title=f"EAP head score vs exact activation patching ({p['n_prompts']} prompts, every head)",
+                          xaxis_title="exact Δ logit diff", yaxis_title="EAP Δ logit diff")
+        figures.append(fig)
+    if circuit.edges:
+        figures.append(circuit.graph_figure(max_edges=150))
+    return figures
+
+
+def _summary(result: dict[str, Any]) -> str:
+    b, t, p, c = result["baseline"], result["targets"], result["params"], result["circuit"]
+    chosen = result["details"]["head_circuit"]
+    text = (f"<p>{p['n_prompts']} IOI prompts (BABA and ABBA over {p['templates']} templates, single-token names, "
+            f"places and objects checked with the tokenizer; {html.escape(p['ablation'])}). Full model: logit "
+            f"difference <b>{b['logit_diff']:.2f}</b> (ABC prompts: {b['corrupt_logit_diff']:.2f}), accuracy "
+            f"<b>{b['accuracy']:.0%}</b> (IO above S), top-1 {b['top1']:.0%}.</p>"
+            f"<p>Method <b>{html.escape(c.method)}</b>. Head circuit: <b>{t['circuit_heads']}</b> of "
+            f"{t['n_heads_total']} heads ({t['circuit_head_fraction']:.1%}) recover <b>{chosen['value']:.0%}</b> of the "
+            f"logit difference with every other head mean-ablated (target: ≤ 15 % of heads, ≥ {p['target']:.0%}).")
+    if t.get("best_within_15pct"):
+        r = t["best_within_15pct"]
+        text += f" Largest curve point within 15 %: {r['n_heads']} heads → {r['value']:.0%}."
+    text += "</p>"
+    if "acdc" in result["details"]:
+        a = result["details"]["acdc"]
+        text += (f"<p>ACDC over the top {p['acdc_candidates']} EAP-IG edges (τ = {a['tau']}, {a['metric']}): kept "
+                 f"{a['n_kept']} edges in {a['n_runs']} forward passes; faithfulness {a['faithfulness']:.0%}.</p>")
+    if "spearman_eap_vs_patching" in t:
+        r = result["reuse"]
+        text += (f"<p>Checks: EAP vs exact activation patching over all heads, Spearman "
+                 f"<b>{t['spearman_eap_vs_patching']:.2f}</b> (of |scores|: {t['spearman_abs_eap_vs_patching']:.2f}; "
+                 f"target ≥ 0.8). Top-20 heads on an independent prompt sample: Jaccard <b>{t['top20_jaccard']:.2f}</b> "
+                 f"(target ≥ 0.7). Component reuse with factual recall of capitals (accuracy "
+                 f"{r['baseline']['accuracy']:.0%}, logit diff {r['baseline']['logit_diff']:.2f}): its circuit has "
+                 f"{len(r['circuit_heads'])} heads, {len(r['shared'])} shared with IOI ({r['share_of_ioi']:.0%} of "
+                 f"IOI's heads, Jaccard {r['jaccard']:.2f}); of the capitals task's top {r['k']} heads, "
+                 f"{r['top_k_shared']:.0%} are in the IOI circuit.</p>")
+    counts = result["roles"]["role"].value_counts().to_dict() if len(result["roles"]) else {}
+    text += "<p>Roles: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) + ".</p>"
+    return text
+
+
+def _json(result: dict[str, Any]) -> dict[str, Any]:
+    details = result["details"]
+    body = {"params": result["params"], "baseline": result["baseline"], "targets": result["targets"],
+            "circuit": result["circuit"].to_dict(), "roles": result["roles"].to_dict(orient="records"),
+            "head_scores": details["head_scores"].tolist(), "examples": result["examples"]}
+    if "acdc" in details:
+        body["acdc"] = details["acdc"]
+    if "patching" in result:
+        body["patching"] = {"n_prompts": result["patching"]["n_prompts"], "eap": result["patching"]["eap"].tolist(),
+                            "exact": result["patching"]["exact"].tolist()}
+    if "reuse" in result:
+        body["reuse"] = {k: ([list(h) for h in v] if k in ("circuit_heads", "shared") else v)
+                         for k, v in result["reuse"].items()}
+    return body
+
+
+def _section(result: dict[str, Any]) -> dict[str, Any]:
+    roles = result["roles"]
+    cols = [c for c in ("label", "role", "att_end_io", "att_end_s2", "dla_logit_diff", "copy_score",
+                        "negative_copy_score", "s_inhibition_effect", "att_s2_s1", "att_s2_s1_next", "induction",
+                        "duplicate_token", "previous_token") if c in roles.columns]
+    curve = [r for r in result["circuit"].faithfulness]
+    import pandas as pd
+
+    return {"title": "IOI circuit (indirect object identification)", "text": _summary(result),
+            "figures": _figures(result),
+            "tables": [("circuit heads, their roles and the evidence", roles[cols].round(3)),
+                       ("faithfulness curve", pd.DataFrame(curve).round(3))],
+            "json": _json(result)}
+
+
+def atlas_section(model, context: dict) -> dict[str, Any]:
+    """Cheap version for the atlas: 16 prompts, EAP, head curve only, no checks."""
+    from circuits.ioi import ioi_analysis
+
+    result = ioi_analysis(model, n_prompts=16, method="eap", seed=int(context.get("seed", 0)), checks=False,
+                          curve_points=6, edge_curves=False, role_prompts=8, progress=bool(context.get("progress")))
+    return _section(result)
+
+
+def ioi_command(
+    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: str | None = DEVICE,
+    method: str = typer.Option("eap", help="eap | eap-ig | acdc | patching"),
+    n_prompts: int = typer.Option(48, min=2, help="IOI prompt pairs"),
+    steps: int = typer.Option(5, min=1, help="EAP-IG interpolation steps"),
+    tau: float = typer.Option(0.01, help="ACDC threshold on the metric change (KL, nats)"),
+    acdc_candidates: int = typer.Option(200, min=1, help="ACDC prunes this many top EAP-IG edges"),
+    target: float = typer.Option(0.8, min=0.0, help="faithfulness the circuit must reach"),
+    checks: bool = typer.Option(True, help="EAP vs exact patching, stability, reuse with the capitals task"),
+):
+    """IOI end to end: dataset, baseline, circuit discovery, head roles with evidence, target checks."""
+    from circuits.discovery import METHODS
+    from circuits.ioi import ioi_analysis
+    from interp.output import staged_output
+    from interp.report import write_analysis
+
+    if method not in METHODS:
+        raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    net = load_cli_model(model, device)
+    result = ioi_analysis(net, n_prompts=n_prompts, method=method, seed=seed, steps=steps, tau=tau,
+                          acdc_candidates=acdc_candidates, target=target, checks=checks, progress=True)
+    part = _section(result)
+    with staged_output(out) as stage:
+        write_analysis(stage, "ioi", net.cfg.model_name, part["json"], f"IOI circuit: {net.cfg.model_name}", part)
+        result["circuit"].to_json(stage / "circuit.json")
+        result["circuit"].to_html(stage / "circuit.html")
+        result["roles"].to_csv(stage / "ioi_roles.csv", index=False)
+    t = result["targets"]
+    emit(as_json, {"schema": "interp.ioi/1", "model": net.cfg.model_name, **part["json"]},
+         f"{net.cfg.model_name}: IOI logit diff {result['baseline']['logit_diff']:.2f}, accuracy "
+         f"{result['baseline']['accuracy']:.0%}; circuit {t['circuit_heads']} heads ({t['circuit_head_fraction']:.0%}) "
+         f"→ {t['circuit_faithfulness']:.0%} faithful; wrote {out}/ioi.html, ioi.json, circuit.json, circuit.html")
