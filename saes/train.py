@@ -206,6 +206,22 @@ def _runner_classes():
         running: dict[str, float]
         history: list[dict[str, float]]
 
+        def fit(self):
+            if self.n_training_steps == 0:
+                self._init_b_dec_to_mean()
+            return super().fit()
+
+        @torch.no_grad()
+        def _init_b_dec_to_mean(self, n_batches: int = 4):
+            """Start b_dec at the (scaled) mean activation, as sae_lens' older `b_dec_init_method="mean"` did:
+            hook_z has a large mean, and a zero b_dec learns it at lr per step, far too slowly for short runs."""
+            if self.sae.cfg.normalize_activations == "expected_average_only_in" and self.activation_scaler.scaling_factor is None:
+                self.activation_scaler.estimate_scaling_factor(
+                    d_in=self.sae.cfg.d_in, data_provider=self.data_provider,
+                    n_batches_for_norm_estimate=self.cfg.n_batches_for_norm_estimate)
+            batches = [next(self.data_provider).to(self.sae.device) for _ in range(n_batches)]
+            self.sae.b_dec.data.copy_(self.activation_scaler(torch.cat(batches)).mean(0).to(self.sae.b_dec.dtype))
+
         def load_trainer_state(self, checkpoint_path):
             super().load_trainer_state(checkpoint_path)
             self.checkpoint_thresholds = [t for t in self.checkpoint_thresholds if t > self.n_training_samples]
@@ -258,23 +274,27 @@ def _runner_classes():
 
 
 class _quiet_tqdm:
-    """Silence tqdm bars (the training bar) inside the block when `quiet`."""
+    """Silence sae_lens' tqdm bars (training, norm estimate) inside the block when `quiet`."""
+
+    MODULES = ("sae_lens.training.sae_trainer", "sae_lens.training.activation_scaler")
 
     def __init__(self, quiet: bool):
-        self.quiet = quiet
+        self.quiet, self.saved = quiet, {}
 
     def __enter__(self):
         if self.quiet:
-            import sae_lens.training.sae_trainer as st
+            import importlib
 
-            self.saved = st.tqdm
-            st.tqdm = lambda *a, **kw: self.saved(*a, **{**kw, "disable": True})
+            for name in self.MODULES:
+                module = importlib.import_module(name)
+                original = self.saved[name] = module.tqdm
+                module.tqdm = lambda *a, _t=original, **kw: _t(*a, **{**kw, "disable": True})
 
     def __exit__(self, *exc):
-        if self.quiet:
-            import sae_lens.training.sae_trainer as st
+        import importlib
 
-            st.tqdm = self.saved
+        for name, original in self.saved.items():
+            importlib.import_module(name).tqdm = original
 
 
 @torch.no_grad()
