@@ -427,6 +427,8 @@ def run_cached(model: HookedTransformer, tokens: torch.Tensor, cache: KVCache, *
 def stop_token_ids(model: HookedTransformer) -> set[int]:
     """Token ids that end an answer: end of turn / text, and any token containing a newline."""
     tok = model.tokenizer
+    if tok is None:
+        return set()
     ids = {i for i in (tok.eos_token_id, getattr(tok, "pad_token_id", None)) if i is not None}
     for name in ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>"):
         i = tok.convert_tokens_to_ids(name)
@@ -438,6 +440,8 @@ def stop_token_ids(model: HookedTransformer) -> set[int]:
 def _newline_tokens(model: HookedTransformer) -> torch.Tensor:
     """[vocab] bool: tokens whose text contains a newline (the authors stop at the newline token)."""
     cached = getattr(model, "_interp_newline_tokens", None)
+    if cached is None and model.tokenizer is None:
+        cached = torch.zeros(model.cfg.d_vocab, dtype=torch.bool)
     if cached is None:
         vocab = model.tokenizer.convert_ids_to_tokens(list(range(min(model.cfg.d_vocab, len(model.tokenizer)))))
         flags = [("\n" in model.tokenizer.convert_tokens_to_string([t])) if t is not None else False for t in vocab]
@@ -485,7 +489,7 @@ def decode_with_top1(
                 if nxt in stops or bool(newline[nxt]):
                     break
                 current = torch.tensor([[nxt]], device=cfg.device)
-    text = model.tokenizer.decode(out, skip_special_tokens=True).strip()
+    text = model.tokenizer.decode(out, skip_special_tokens=True).strip() if model.tokenizer is not None else ""
     empty = torch.zeros(0, cfg.n_layers, cfg.n_heads, dtype=torch.long)
     return Decoded(out, text, torch.stack(top1).cpu() if top1 else empty)
 

@@ -91,6 +91,16 @@ def chat_batch(model: HookedTransformer, prompts: Sequence[str], *, template: bo
     texts = [chat_prompt(model, p) if template else p for p in prompts]
     bos = [model.tokenizer.bos_token_id] if model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None else []
     ids = [bos + model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    return token_batch(ids, pad=pad, prompts=prompts)
+
+
+def token_batch(ids: Sequence[Sequence[int]], *, pad: int = 0, prompts: Sequence[str] | None = None) -> PromptBatch:
+    """Token-id prompts → PromptBatch: the longest shared prefix split off (each suffix keeps at
+    least one token), suffixes right-padded with `pad`."""
+    ids = [list(map(int, x)) for x in ids]
+    if not ids or min(len(x) for x in ids) < 1:
+        raise InputError("every prompt needs at least one token")
     shared = min(len(x) for x in ids) - 1
     for i in range(shared):
         if any(x[i] != ids[0][i] for x in ids):
@@ -98,10 +108,10 @@ def chat_batch(model: HookedTransformer, prompts: Sequence[str], *, template: bo
             break
     suffixes = [x[shared:] for x in ids]
     width = max(len(s) for s in suffixes)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     suffix = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], dtype=torch.long)
     lengths = torch.tensor([len(s) for s in suffixes])
-    return PromptBatch(torch.tensor(ids[0][:shared], dtype=torch.long), suffix, lengths - 1, lengths, prompts)
+    names = list(prompts) if prompts is not None else [" ".join(map(str, x)) for x in ids]
+    return PromptBatch(torch.tensor(ids[0][:shared], dtype=torch.long), suffix, lengths - 1, lengths, names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,15 +268,16 @@ class ShipsResult:
     base: BaseRun
 
 
-def ships(model: HookedTransformer, prompts: Sequence[str] | None = None, *, ablation: str = "query",
+def ships(model: HookedTransformer, prompts: Sequence[str] | PromptBatch | None = None, *, ablation: str = "query",
           scale: float = SCALE, heads: Sequence[tuple[int, int]] | None = None, template: bool = True,
           progress: bool = False) -> ShipsResult:
-    """Ships of every head (or `heads`) on every prompt (default: the shipped harmful set),
-    with one batched forward per head. Also records Sahara's first-step angle per head."""
+    """Ships of every head (or `heads`) on every prompt (default: the shipped harmful set; texts
+    go through the chat template, or pass a `token_batch`), one batched forward per head. Also
+    records Sahara's first-step angle per head."""
     cfg = model.cfg
     if prompts is None:
         prompts = load_prompts("harmful")["prompt"].tolist()
-    batch = chat_batch(model, prompts, template=template)
+    batch = prompts if isinstance(prompts, PromptBatch) else chat_batch(model, prompts, template=template)
     base = base_run(model, batch)
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
     per_prompt = np.full((len(batch), cfg.n_layers, cfg.n_heads), np.nan)
@@ -336,8 +347,22 @@ def generate(model: HookedTransformer, prompts: Sequence[str], *, max_new_tokens
 
 
 def _generate_batch(model, prompts, max_new_tokens, heads, ablation, scale, mean_z, template) -> list[str]:
-    cfg = model.cfg
     batch = chat_batch(model, prompts, template=template)
+    stops = stop_token_ids(model)
+    texts = []
+    for row in generate_tokens(model, batch, max_new_tokens=max_new_tokens, heads=heads, ablation=ablation,
+                               scale=scale, mean_z=mean_z):
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        texts.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    return texts
+
+
+def generate_tokens(model: HookedTransformer, batch: PromptBatch, *, max_new_tokens: int = 32,
+                    heads: Sequence[tuple[int, int]] = (), ablation: str = "query", scale: float = SCALE,
+                    mean_z: torch.Tensor | None = None) -> list[list[int]]:
+    """Greedy continuation of every prompt of `batch` (up to max_new_tokens, all rows stepping
+    together until each has produced a stop token): token ids per prompt, stop token included."""
+    cfg = model.cfg
     B, S, P = len(batch), batch.suffix.shape[1], len(batch.prefix)
     # left-pad the suffixes: real tokens end at the same column
     shift = S - batch.lengths
@@ -346,7 +371,7 @@ def _generate_batch(model, prompts, max_new_tokens, heads, ablation, scale, mean
     real = torch.arange(S)[None, :] >= shift[:, None]
     cache = KVCache(cfg.n_layers, reserve=max_new_tokens + 1)
     hooks = ablation_hooks(model, heads, ablation, scale=scale, mean_z=mean_z) if heads else []
-    stops = torch.tensor(sorted(stop_token_ids(model)))
+    stops = torch.tensor(sorted(stop_token_ids(model)), dtype=torch.long)
     tokens = torch.zeros(B, 0, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
@@ -363,11 +388,7 @@ def _generate_batch(model, prompts, max_new_tokens, heads, ablation, scale, mean
                 if bool(done.all()):
                     break
                 logits = run_cached(model, nxt[:, None], cache)
-    texts = []
-    for row in tokens.tolist():
-        cut = next((i for i, t in enumerate(row) if t in set(stops.tolist())), len(row))
-        texts.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
-    return texts
+    return tokens.tolist()
 
 
 def refusal_check(

@@ -1,0 +1,141 @@
+"""Safety heads: Ships against KL from TransformerLens' run_with_hooks (prompt by prompt, the query
+scaled explicitly), the mean/output variants, batched generation against TL's greedy loop, the
+subspace angle on a hand-made case, and the shipped prompt sets."""
+import math
+
+import pytest
+import torch
+
+from circuits import safety as S
+from interp.errors import InputError
+from tests.tiny import tiny_gqa_model
+
+PREFIX = [3, 14, 15, 92, 65]
+PROMPTS = [PREFIX + [35, 89], PREFIX + [79, 32, 38, 46], PREFIX + [26], PREFIX + [43, 38, 32, 79, 50]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_gqa_model(seed=5)
+
+
+def _kl_reference(model, tokens, hooks):
+    """KL(p_base ‖ p_hooked) at the last position of one unpadded prompt, float64."""
+    t = torch.tensor(tokens)[None]
+    with torch.no_grad():
+        base = torch.log_softmax(model(t)[0, -1].double(), -1)
+        other = torch.log_softmax(model.run_with_hooks(t, fwd_hooks=hooks)[0, -1].double(), -1)
+    return float((base.exp() * (base - other)).sum())
+
+
+def _scale_head(site, head, factor):
+    def hook(x, hook):
+        x = x.clone()
+        x[:, :, head] *= factor
+        return x
+    return site, hook
+
+
+def test_token_batch_splits_the_shared_prefix():
+    batch = S.token_batch(PROMPTS, pad=0)
+    assert batch.prefix.tolist() == PREFIX
+    assert batch.lengths.tolist() == [2, 4, 1, 5] and batch.suffix.shape == (4, 5)
+    assert S.token_batch([[1, 2], [1, 2]]).lengths.tolist() == [1, 1]  # every suffix keeps a token
+
+
+def test_ships_matches_run_with_hooks_scaled_query(tiny):
+    heads = [(0, 1), (1, 3), (2, 0)]
+    result = S.ships(tiny, S.token_batch(PROMPTS), heads=heads)
+    for layer, head in heads:
+        hooks = [_scale_head(f"blocks.{layer}.attn.hook_q", head, 1e-5)]  # before rotary: same map, linear
+        ref = [_kl_reference(tiny, p, hooks) for p in PROMPTS]
+        assert result.per_prompt[:, layer, head] == pytest.approx(ref, rel=1e-3, abs=1e-7)
+        assert max(ref) > 1e-4  # the ablation does something
+    assert len(result.table) == 3 and set(result.table.df["label"]) == {"L0H1", "L1H3", "L2H0"}
+
+
+def test_output_and_mean_ablation_match_run_with_hooks(tiny):
+    batch = S.token_batch(PROMPTS)
+    out = S.ships(tiny, batch, heads=[(1, 2)], ablation="output", scale=0.0)
+    ref = [_kl_reference(tiny, p, [_scale_head("blocks.1.attn.hook_z", 2, 0.0)]) for p in PROMPTS]
+    assert out.per_prompt[:, 1, 2] == pytest.approx(ref, rel=1e-3, abs=1e-7)
+
+    # mean z of head (1, 2) over every token of every prompt, computed directly
+    zs = []
+    for p in PROMPTS:
+        _, cache = tiny.run_with_cache(torch.tensor(p)[None], names_filter="blocks.1.attn.hook_z")
+        zs.append(cache["blocks.1.attn.hook_z"][0, :, 2])
+    mean = torch.cat(zs).mean(0)
+
+    def put_mean(z, hook):
+        z = z.clone()
+        z[:, :, 2] = mean
+        return z
+
+    mean_run = S.ships(tiny, batch, heads=[(1, 2)], ablation="mean")
+    ref = [_kl_reference(tiny, p, [("blocks.1.attn.hook_z", put_mean)]) for p in PROMPTS]
+    assert mean_run.per_prompt[:, 1, 2] == pytest.approx(ref, rel=1e-3, abs=1e-7)
+
+
+def test_batched_generation_matches_tl_greedy_loop(tiny):
+    batch = S.token_batch(PROMPTS)
+    heads = [(1, 0), (2, 3)]
+    got = S.generate_tokens(tiny, batch, max_new_tokens=5, heads=heads)
+    hooks = [_scale_head(f"blocks.{l}.attn.hook_q", h, 1e-5) for l, h in heads]
+    for prompt, row in zip(PROMPTS, got):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(5):  # TL's own forward over the whole sequence, no cache, no padding
+                seq.append(int(tiny.run_with_hooks(torch.tensor(seq)[None], fwd_hooks=hooks)[0, -1].argmax()))
+        assert row == seq[len(prompt):]
+
+
+def test_subspace_angle_hand_case():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(8, generator=g)
+    u1 = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    theta = math.radians(30)
+    u2 = torch.tensor([math.cos(theta), math.sin(theta), 0.0, 0.0])
+    assert S.subspace_angle(torch.outer(u1, v), torch.outer(u2, v)) == pytest.approx(30.0, abs=1e-4)
+    assert S.subspace_angle(torch.outer(u1, v), torch.outer(-u1, 2 * v)) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_kl_divergence_hand_case():
+    p = torch.tensor([[0.5, 0.5]], dtype=torch.float64).log()
+    q = torch.tensor([[0.25, 0.75]], dtype=torch.float64).log()
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert float(S.kl_divergence(p, q)[0]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_bad_ablation_is_input_error(tiny):
+    with pytest.raises(InputError):
+        S.ablation_hooks(tiny, [(0, 0)], "keys")
+    with pytest.raises(InputError):
+        S.ablation_hooks(tiny, [(0, 7)])
+
+
+def test_shipped_prompt_sets():
+    harmful, harmless = S.load_prompts("harmful"), S.load_prompts("harmless")
+    assert len(harmful) >= 100 and len(harmless) == len(harmful)
+    assert harmful["category"].nunique() >= 8
+    assert harmful["prompt"].is_unique and harmless["prompt"].is_unique
+    # similar form: paired prompts share their first word and have similar lengths
+    first = lambda s: s.str.split().str[0]
+    assert (first(harmful["prompt"]) == first(harmless["prompt"])).mean() > 0.9
+    ratio = harmless["prompt"].str.len() / harmful["prompt"].str.len()
+    assert 0.7 < ratio.median() < 1.3
+
+
+@pytest.mark.slow
+def test_smollm2_ships_matches_run_with_hooks(smollm2):
+    prompts = S.load_prompts("harmful")["prompt"].tolist()[:3]
+    heads = [(3, 4), (20, 1)]
+    result = S.ships(smollm2, prompts, heads=heads)
+    assert len(result.base.batch.prefix) > 10  # the system prompt is shared
+    for layer, head in heads:
+        hooks = [_scale_head(f"blocks.{layer}.attn.hook_rot_q", head, 1e-5)]
+        ref = []
+        for p in prompts:
+            ids = smollm2.tokenizer(S.chat_prompt(smollm2, p), add_special_tokens=False)["input_ids"]
+            ref.append(_kl_reference(smollm2, ids, hooks))
+        assert result.per_prompt[:, layer, head] == pytest.approx(ref, rel=2e-3, abs=1e-6)
