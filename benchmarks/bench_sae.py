@@ -28,8 +28,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=24)
     ap.add_argument("--expansion", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=2_000_000)
-    ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--batch-tokens", type=int, default=1024)
+    ap.add_argument("--buffer-factor", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lm-dtype", default="bfloat16")
     ap.add_argument("--eval-contexts", type=int, default=64)
     ap.add_argument("--device", default="cpu")
@@ -53,7 +54,7 @@ def main() -> None:
     started = time.time()
     if not (args.out / "cfg.json").is_file():
         train_sae(model, args.layer, architecture=args.architecture, k=args.k, expansion=args.expansion,
-                  tokens=args.tokens, batch_tokens=args.batch_tokens, lr=args.lr, lm_dtype=args.lm_dtype,
+                  tokens=args.tokens, batch_tokens=args.batch_tokens, buffer_factor=args.buffer_factor, lr=args.lr, lm_dtype=args.lm_dtype,
                   out=args.out, n_checkpoints=8, on_step=sample_load)
     train_wall = time.time() - started
     training = json.loads((args.out / "training.json").read_text())

@@ -34,7 +34,23 @@ def load_sae(path: str | Path, device: str | None = "cpu"):
         warnings.simplefilter("ignore")
         sae = SAE.load_from_disk(str(path), device=device or "cpu")
     sae.turn_off_forward_pass_hook_z_reshaping()
+    _fold_checkpoint_scale(sae, path)
     return sae.eval()
+
+
+def _fold_checkpoint_scale(sae, path: Path) -> None:
+    """A training checkpoint keeps its input scaling factor beside the weights (the final SAE has it folded
+    in); fold it, so a checkpoint reads and writes hook_z in the model's units too."""
+    import json
+
+    scaler = path / "activation_scaler.json"
+    if sae.cfg.normalize_activations != "expected_average_only_in" or not scaler.is_file():
+        return
+    factor = json.loads(scaler.read_text()).get("scaling_factor")
+    if factor is not None:
+        with torch.no_grad():
+            sae.fold_activation_norm_scaling_factor(float(factor))
+    sae.cfg.normalize_activations = "none"
 
 
 def sae_layer(sae) -> int:
@@ -136,20 +152,21 @@ def _next_token_loss(logp: torch.Tensor, tokens: torch.Tensor) -> float:
     return float(-logp[:, :-1].gather(-1, tokens[:, 1:, None]).sum())
 
 
-def _score(ablated: float, patched: float, clean: float) -> float:
+def _score(ablated: float, patched: float, clean: float) -> float | None:
     gap = ablated - clean
-    return float("nan") if abs(gap) < 1e-12 else (ablated - patched) / gap
+    return None if abs(gap) < 1e-12 else (ablated - patched) / gap
 
 
 def dark_matter(x: torch.Tensor, err: torch.Tensor, *, fit_fraction: float = 0.5, seed: int = 0) -> dict[str, float]:
     """How much of the SAE error `err` [n, d] is a linear function of the input `x` [n, d].
 
     Fits least squares (with a bias) on a random `fit_fraction` of the rows and reports, on the others,
-    R^2 of the error vector (1 - residual SS / total SS, summed over dimensions) and of its norm."""
+    R^2 of the error vector (1 - residual SS / total SS, summed over dimensions) and of its norm; None when
+    there are too few rows to fit (the fit half needs more than d + 1)."""
     n, d = x.shape
     n_fit = int(n * fit_fraction)
     if n_fit <= d + 1 or n - n_fit < 2:
-        return {"dark_matter_r2": float("nan"), "error_norm_r2": float("nan"), "dark_matter_tokens": n}
+        return {"dark_matter_r2": None, "error_norm_r2": None, "dark_matter_tokens": n}  # too few tokens to fit
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     fit, test = order[:n_fit], order[n_fit:]
     design = torch.cat([x, torch.ones(n, 1)], 1).double()
