@@ -595,7 +595,10 @@ def acdc(model: HookedTransformer, attribution: Attribution, pairs: PromptPairs,
     check_metric(metric)
     graph = attribution.graph
     keep = attribution.top_mask(n_candidates)
-    clean_lp = torch.cat([run_last_logits(model, p.clean, p.last).float().log_softmax(-1) for _, p in pairs.batches(32)])
+    clean_lp = torch.zeros(len(pairs), model.cfg.d_vocab_out)
+    for index, part in pairs.batches(32):
+        clean_lp[index] = run_last_logits(model, part.clean, part.last).float().log_softmax(-1).cpu()
+    clean_lp = clean_lp.to(model.cfg.device)
     sign = -1.0 if metric == "logit_diff" else 1.0  # "cost" rises as the circuit gets worse
 
     def cost(logits):
@@ -638,19 +641,22 @@ def acdc(model: HookedTransformer, attribution: Attribution, pairs: PromptPairs,
 def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task", method: str = "eap",
              metric: str = "logit_diff", ablation: str = "mean", steps: int = 5, target: float = 0.8,
              acdc_candidates: int = 200, tau: float = 0.01, acdc_prompts: int = 16, curve_points: int = 10,
-             max_curve_heads: int | None = None, edge_curves: bool = True, batch_size: int = 16, seed: int = 0,
-             progress: bool = False) -> tuple[Circuit, dict[str, Any]]:
+             max_curve_heads: int | None = None, edge_curves: bool = True, head_ranking: str = "mask-ig",
+             batch_size: int = 16, seed: int = 0, progress: bool = False) -> tuple[Circuit, dict[str, Any]]:
     """Find the circuit for a task and measure its faithfulness.
 
     method: "eap" / "eap-ig" score every edge; "acdc" prunes the EAP-IG proposal with real forward
     passes; "patching" ranks heads by exact activation patching (no edge scores). The edge curve
-    keeps top-|score| edges; the head curve keeps top-|node score| heads (MLPs intact), the rest
-    ablated. The circuit: the edges of the smallest edge-curve point reaching `target` (the
+    keeps top-|score| edges; the head curve keeps the top heads (MLPs intact), the rest ablated,
+    ranked by `head_ranking`: "mask-ig" (integrated gradients on a head-output mask from all heads
+    ablated to none, `head_mask_ig`; default) or "score" (|node score| of the method). The circuit: the edges of the smallest edge-curve point reaching `target` (the
     ACDC result for acdc) and, as nodes, the heads of the smallest head-curve point reaching it
     (the largest point when none does). `edge_curves=False` skips the edge curve (and keeps the
     top 1 % of edges). Returns (Circuit, details with the raw scores)."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if head_ranking not in ("mask-ig", "score"):
+        raise InputError(f"head_ranking must be mask-ig or score, got {head_ranking!r}")
     check_metric(metric)
     check_ablation(ablation)
     cfg = model.cfg
@@ -668,7 +674,13 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
                                 batch_size=batch_size, seed=seed, progress=progress)
         head_scores = attribution.head_scores()
     details["head_scores"] = head_scores
-    ranking = [divmod(int(i), cfg.n_heads) for i in head_scores.flatten().abs().argsort(descending=True, stable=True)]
+    if head_ranking == "mask-ig":
+        rank_scores = head_mask_ig(model, pairs, abl, steps=steps, batch_size=batch_size)
+        order = rank_scores.flatten().argsort(descending=True, stable=True)  # most helpful first
+        details["head_rank_scores"] = rank_scores
+    else:
+        order = head_scores.flatten().abs().argsort(descending=True, stable=True)
+    ranking = [divmod(int(i), cfg.n_heads) for i in order]
     n_heads_max = max_curve_heads or cfg.n_layers * cfg.n_heads
     head_sizes = sorted(set(size_grid(n_heads_max, curve_points)) | {0})
     curve = head_curve(model, ranking, pairs, abl, head_sizes, graph, batch_size=2 * batch_size)
@@ -707,3 +719,37 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
                       evidence={f"A{l}.{h}": {"score": float(head_scores[l, h]), "rank": i + 1}
                                 for i, (l, h) in enumerate(ranking) if f"A{l}.{h}" in nodes})
     return circuit, details
+
+
+# ---------------------------------------------------------------------------------------------
+# head ranking for head-level circuits
+
+
+def head_mask_ig(model: HookedTransformer, pairs: PromptPairs, abl: Ablation, *, steps: int = 5,
+                 batch_size: int = 16) -> torch.Tensor:
+    """Integrated gradients over a mask on every head's output: z_h = ablated_h + a_h·(z_h − ablated_h),
+    all a_h moving together from 0 (every head ablated) to 1 (the full model), gradient averaged at
+    a = k/steps, k = 1 … steps. → [layer, head]: each head's share of logit diff(full) − logit
+    diff(all heads ablated) (the shares sum to that difference up to the discretisation). Unlike
+    EAP's single-head first-order scores, they are measured along the way to the
+    everything-else-ablated state the head faithfulness curve evaluates, so they rank heads for it."""
+    cfg, dev = model.cfg, model.cfg.device
+    total = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
+    with _frozen(model):
+        for index, part in pairs.batches(batch_size):
+            part_abl = abl.select(index, part.clean.shape[1])
+            for k in range(1, steps + 1):
+                mask = torch.full((cfg.n_layers, cfg.n_heads), k / steps, device=dev, requires_grad=True)
+
+                def hook(z, hook, mask=mask, part_abl=part_abl):
+                    l = hook.layer()
+                    za = part_abl.z[l].to(dev, z.dtype)
+                    return za + mask[l][None, None, :, None] * (z - za)
+
+                with torch.enable_grad():
+                    end = model.run_with_hooks(part.clean.to(dev), stop_at_layer=cfg.n_layers,
+                                               fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook) for l in range(cfg.n_layers)])
+                    value = metric_per_prompt("logit_diff", final_logits(model, end, part.last), part).sum()
+                    (grad,) = torch.autograd.grad(value, mask)
+                total += grad.double().cpu() / steps
+    return (total / len(pairs)).float()

@@ -63,7 +63,7 @@ CAPITALS = {
     "Canada": "Ottawa", "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw",
     "Portugal": "Lisbon", "Kenya": "Nairobi", "Cuba": "Havana", "Peru": "Lima", "Chile": "Santiago", "India": "Delhi",
 }
-CAPITAL_TEMPLATES = ("The capital of {X} is", "The capital city of {X} is", "{X}'s capital is the city of")
+CAPITAL_TEMPLATES = ("The capital of {X} is", "The capital city of {X} is", "In {X}, the capital is")
 
 
 def single_tokens(model: HookedTransformer, words: Sequence[str]) -> list[str]:
@@ -327,8 +327,9 @@ def s_inhibition_effects(model: HookedTransformer, data: TaskData, candidates: S
         for l in nm_layers:
             heads = [h for ll, h in name_movers if ll == l]
             p = patterns[l].view(k, B, cfg.n_heads, *patterns[l].shape[-2:])[:, :, heads]
+            p = p.permute(1, 3, 4, 0, 2)  # [B, query, key, variant, head]
             r = torch.arange(B)
-            diffs.append((p[:, r, :, end, io] - p[:, r, :, end, s2]).mean((1, 2)))
+            diffs.append((p[r, end, io] - p[r, end, s2]).mean((0, 2)))  # [variant]
         return torch.stack(diffs).mean(0)
 
     def collect(store):

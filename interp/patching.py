@@ -83,9 +83,11 @@ class PromptPairs:
         return PromptPairs(self.clean[index, :n], self.corrupt[index, :n], last, self.answer[index],
                            self.wrong[index], self.group[index])
 
-    def batches(self, size: int) -> Iterator[tuple[slice, PromptPairs]]:
+    def batches(self, size: int) -> Iterator[tuple[torch.Tensor, PromptPairs]]:
+        """(indices, prompts) in batches of `size`, prompts of similar length together (less padding)."""
+        order = torch.argsort(self.last, stable=True)
         for start in range(0, len(self), size):
-            index = slice(start, min(start + size, len(self)))
+            index = order[start:start + size]
             yield index, self.select(index)
 
 
@@ -194,8 +196,10 @@ def corrupted_run(model: HookedTransformer, pairs: PromptPairs, batch_size: int 
 
         def keep(target, layer, index=index, n=n):
             def hook(act, hook):
-                dest = target[index, :n] if layer is None else target[layer, index, :n]
-                dest.copy_(act.detach().cpu())
+                if layer is None:
+                    target[index, :n] = act.detach().cpu().to(target.dtype)
+                else:
+                    target[layer, index, :n] = act.detach().cpu().to(target.dtype)
             return hook
 
         hooks = [("blocks.0.hook_resid_pre", keep(embed, None))]
