@@ -479,7 +479,8 @@ def decode_with_top1(
     record_hooks = [(f"blocks.{l}.attn.hook_pattern", _top1_hook(rows, l)) for l in range(cfg.n_layers)] if record else []
     out, top1, current = [], [], tokens[:, -1:]
     with torch.no_grad(), model.hooks(fwd_hooks=_mask_hooks(cfg, masked_heads)):
-        run_cached(model, tokens[:, :-1], cache, attention=attention)
+        with decode_threads(cfg.device, tokens.shape[1]):
+            run_cached(model, tokens[:, :-1], cache, attention=attention)
         with model.hooks(fwd_hooks=record_hooks), decode_threads(cfg.device):
             for _ in range(max_new_tokens):
                 nxt = int(run_cached(model, current, cache).argmax(-1))
@@ -494,11 +495,16 @@ def decode_with_top1(
     return Decoded(out, text, torch.stack(top1).cpu() if top1 else empty)
 
 
+SINGLE_THREAD_TOKENS = 1024  # CPU forwards over at most this many tokens run on one thread
+
+
 @contextlib.contextmanager
-def decode_threads(device) -> Iterator[None]:
-    """On CPU, run one-token decoding steps on one thread: their operations are too small to
-    gain from more, and on a shared machine extra threads mostly wait (measured: 3-4× faster)."""
-    if torch.device(device).type != "cpu":
+def decode_threads(device, tokens: int = 1) -> Iterator[None]:
+    """On CPU, run small forwards (decoding steps; at most SINGLE_THREAD_TOKENS tokens) on one
+    thread: their operations are too small to gain from more, and on a busy machine extra threads
+    mostly wait (measured on 2 shared cores: a decoding step 0.3 s vs 1.2-2.4 s, a 4-prompt Ships
+    restart 0.7 s vs 5.4 s)."""
+    if torch.device(device).type != "cpu" or tokens > SINGLE_THREAD_TOKENS:
         yield
         return
     saved = torch.get_num_threads()

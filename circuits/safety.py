@@ -187,7 +187,7 @@ def base_run(model: HookedTransformer, batch: PromptBatch) -> BaseRun:
     prefix_w = lambda z: torch.full(z.shape[:2], float(len(batch)), dtype=torch.float64, device=z.device)
     suffix_w = lambda z: real.to(z.device).double()
     cache = KVCache(L)
-    with torch.no_grad():
+    with torch.no_grad(), decode_threads(cfg.device, batch.suffix.numel() + len(batch.prefix)):
         hooks = [(f"blocks.{l}.hook_resid_pre", keep(prefix_resid, l)) for l in range(L)]
         hooks += [(f"blocks.{l}.attn.hook_z", z_hook(l, prefix_w)) for l in range(L)]
         with model.hooks(fwd_hooks=hooks):
@@ -230,7 +230,8 @@ def ablated_run(model: HookedTransformer, base: BaseRun, heads: Sequence[tuple[i
     start = min(l for l, _ in heads)
     cache = KVCache(model.cfg.n_layers)
     hooks = ablation_hooks(model, heads, ablation, scale=scale, mean_z=base.mean_z)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    work = base.batch.suffix.numel() + base.prefix_resid.shape[1]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks), decode_threads(model.cfg.device, work):
         if base.prefix_resid.shape[1]:
             with cached_attention(model, cache):
                 resid = base.prefix_resid[start][None]
@@ -374,13 +375,13 @@ def generate_tokens(model: HookedTransformer, batch: PromptBatch, *, max_new_tok
     stops = torch.tensor(sorted(stop_token_ids(model)), dtype=torch.long)
     tokens = torch.zeros(B, 0, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks), decode_threads(cfg.device, B * S + P):
         if P:
             run_cached(model, batch.prefix[None], cache)
         cache.mask = torch.cat([torch.ones(B, P, dtype=torch.long), real.long(),
                                 torch.ones(B, max_new_tokens + 1, dtype=torch.long)], 1).to(cfg.device)
         logits = run_cached(model, suffix, cache)
-        with decode_threads(cfg.device):
+        with decode_threads(cfg.device, B):
             for _ in range(max_new_tokens):
                 nxt = logits.argmax(-1).cpu()
                 tokens = torch.cat([tokens, nxt[:, None]], 1)
