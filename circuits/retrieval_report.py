@@ -29,10 +29,13 @@ def retrieval_analysis(model, *, lengths=DEFAULT_LENGTHS, depths=DEFAULT_DEPTHS,
                        attention: str = "sdpa", progress: bool = True) -> dict[str, Any]:
     """Needle tests → retrieval scores (+ RazorAttention echo/induction columns), the baseline
     accuracy grid, and the masking experiment on the tests of `mask_length` (default: the shortest
-    length; no masking when mask_ks is empty)."""
+    length; no masking when mask_ks is empty). Lengths above the context minus max_new_tokens are
+    lowered to it (8192 → 8142 on SmolLM2 with 50 new tokens)."""
     import time
 
     t0 = time.perf_counter()
+    room = model.cfg.n_ctx - max_new_tokens  # the answer must fit in the context too
+    lengths = sorted({min(int(n), room) for n in lengths})
     tests = needle_tests(model, lengths, depths, n_needles=n_needles, seed=seed)
     result = retrieval_scores(model, tests, max_new_tokens=max_new_tokens, threshold=threshold, attention=attention,
                               progress=progress)
