@@ -218,12 +218,15 @@ class RoleThresholds:
     name it reads (negative copy score ≥ copy_score) and it raises logit(IO) − logit(S) directly, by
     lowering S (copy suppression, McDougall et al. 2023, applied to the subject).
     s_inhibition: attends from the last position more to S2 than to IO, and ablating it lowers the
-    name movers' (attention to IO − attention to S2) by at least s_inhibition.
+    name movers' (attention to IO − attention to S2) by at least s_inhibition; the name movers are
+    all heads of the model (in the circuit or not) meeting the name-mover rule with a direct effect
+    of at least mover_effect.
     induction / duplicate_token / previous_token: in the IOI prompts, attention S2 → the token after
     S1 / S2 → S1 at least type_score, or the TransformerLens head-detector score on repeated random
     tokens at least type_score (the largest of the three decides)."""
 
     name_attention: float = 0.1
+    mover_effect: float = 0.1
     copy_score: float = 0.5
     s_inhibition: float = 0.02
     type_score: float = 0.3
@@ -391,7 +394,10 @@ def classify_roles(model: HookedTransformer, data: TaskData, heads: Sequence[tup
         io = float(ev["att_end_io"][l, h])
         return io >= th.name_attention and io > float(ev["att_end_s1"][l, h] + ev["att_end_s2"][l, h])
 
-    movers = [(l, h) for l, h in heads if is_mover(l, h) and float(ev["dla_logit_diff"][l, h]) > 0]
+    # name movers are looked for among all heads: a small circuit may hold none of them (SmolLM2's
+    # 8-head IOI circuit lowers S rather than copying IO) while its S-inhibition heads still steer them
+    movers = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)
+              if is_mover(l, h) and float(ev["dla_logit_diff"][l, h]) >= th.mover_effect]
     others = [(l, h) for l, h in heads if not is_mover(l, h)]
     inhibition = s_inhibition_effects(model, data, others, movers, n=n_inhibition)
     rows = []
@@ -407,6 +413,7 @@ def classify_roles(model: HookedTransformer, data: TaskData, heads: Sequence[tup
         rows.append(row)
     cols = ["label", "layer", "head", "role"]
     df = pd.DataFrame(rows)
+    df.attrs["name_movers"] = [f"L{l}H{h}" for l, h in movers]
     return df[cols + [c for c in df.columns if c not in cols]] if rows else pd.DataFrame(columns=cols)
 
 

@@ -63,7 +63,11 @@ def _summary(result: dict[str, Any]) -> str:
                  f"IOI's heads, Jaccard {r['jaccard']:.2f}); of the capitals task's top {r['k']} heads, "
                  f"{r['top_k_shared']:.0%} are in the IOI circuit.</p>")
     counts = result["roles"]["role"].value_counts().to_dict() if len(result["roles"]) else {}
-    text += "<p>Roles: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) + ".</p>"
+    text += "<p>Roles: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) + "."
+    movers = result["roles"].attrs.get("name_movers")
+    if movers is not None:
+        text += f" Name movers in the whole model (used for the S-inhibition test): {', '.join(movers) or 'none'}."
+    text += "</p>"
     return text
 
 
@@ -71,6 +75,7 @@ def _json(result: dict[str, Any]) -> dict[str, Any]:
     details = result["details"]
     body = {"params": result["params"], "baseline": result["baseline"], "targets": result["targets"],
             "circuit": result["circuit"].to_dict(), "roles": result["roles"].to_dict(orient="records"),
+            "name_movers": result["roles"].attrs.get("name_movers", []),
             "head_scores": details["head_scores"].tolist(), "examples": result["examples"]}
     if "acdc" in details:
         body["acdc"] = details["acdc"]
