@@ -180,7 +180,9 @@ def _runner_config(model, layer: int, sae_cfg, out: Path, *, tokens, context_siz
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
     steps = max(1, tokens // batch_tokens)
-    window = max(1, min(1000, steps // 5))
+    # a latent is "dead" after `window` steps without firing; for top-k that is when AuxK starts training it.
+    # sae_lens' 1000 steps is longer than a whole short run (a first 2M-token run had 96 % dead at 223k tokens)
+    window = max(5, min(1000, steps // 40))
     return LanguageModelSAERunnerConfig(
         sae=sae_cfg, model_name=model.cfg.model_name, hook_name=hook_name(layer), dataset_path="interp-corpus",
         is_dataset_tokenized=True, streaming=False, context_size=context_size, training_tokens=tokens,
