@@ -134,10 +134,14 @@ def pack(docs: Iterator[str], tokenizer: Any, context_size: int, *, max_tokens: 
             del stream[:body]
 
     limit = None if max_tokens is None else -(-max_tokens // context_size)
+    chars_per_flush = 1_000_000 if max_tokens is None else min(1_000_000, 8 * max_tokens)
+    pending_chars = 0
     for doc in docs:
         pending.append(doc)
-        if len(pending) >= batch:
+        pending_chars += len(doc)
+        if len(pending) >= batch or pending_chars >= chars_per_flush:
             flush()
+            pending_chars = 0
         if limit is not None and len(rows) >= limit:
             break
     if pending and (limit is None or len(rows) < limit):

@@ -167,3 +167,42 @@ def test_dashboard_top_contexts_are_the_largest_activations(tiny, corpus, traine
     board = dashboard(tiny, sae, stats, feature, layer=LAYER)
     assert len(board["top_contexts"]) == 4 and sum(board["head_attribution"].values()) == pytest.approx(1, abs=1e-3)
     assert len(board["logit_effects"]) == 16
+
+
+def test_code_scores_hand_case():
+    from saes.circuit_id import code_scores
+
+    # 3 positives, 2 negatives, one layer with two heads. Head 0: positive codes {1, 2, 1}, negative {2, 3}:
+    # the two positives with code 1 are positive-only -> 2/3. Head 1: all examples share code 0 -> 0.
+    codes = torch.tensor([[1, 0], [2, 0], [1, 0], [2, 0], [3, 0]])[:, None, :]
+    positive = torch.tensor([True, True, True, False, False])
+    torch.testing.assert_close(code_scores(codes, positive), torch.tensor([[2 / 3, 0.0]]))
+
+
+def test_head_codes_separate_heads_that_see_the_difference():
+    from saes.circuit_id import code_scores, head_codes
+
+    g = torch.Generator().manual_seed(0)
+    n = 10
+    z = torch.randn(2 * n, 1, 2, 8, generator=g) * 0.05
+    z[:n, 0, 0] += torch.tensor([3.0] + [0.0] * 7)   # head 0 writes a different direction for positives
+    z[n:, 0, 0] += torch.tensor([0.0, 3.0] + [0.0] * 6)
+    z[:, 0, 1] += torch.tensor([0.0, 0.0, 3.0] + [0.0] * 5)  # head 1 writes the same thing either way
+    positive = torch.arange(2 * n) < n
+    scores = code_scores(head_codes(z, n_latents=4, steps=200), positive)
+    assert scores[0, 0] == 1.0 and scores[0, 1] < 0.5
+
+
+def test_compare_heads_and_roc_auc_hand_case():
+    import pandas as pd
+
+    from interp.head_table import HeadTable
+    from saes.circuit_id import compare_heads, roc_auc
+
+    df = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "label": ["L0H0", "L0H1", "L1H0", "L1H1"],
+                       "score": [0.9, 0.1, 0.5, 0.5]})
+    result = compare_heads(HeadTable(df), {(0, 0), (1, 1)})
+    assert result["precision"] == 0.5 and result["recall"] == 0.5  # top 2: L0H0 and L1H0 (stable order)
+    # members 0.9 and 0.5 vs non-members 0.1 and 0.5: pairs won 1, 1, 1, tie -> (3 + 0.5) / 4
+    assert result["roc_auc"] == pytest.approx(3.5 / 4)
+    assert roc_auc(torch.tensor([1.0, 0.0]), torch.tensor([True, False])) == 1.0
