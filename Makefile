@@ -20,5 +20,6 @@ install-test: install
 atlas: install
 	$(PYTHON) -m interp atlas --model smollm2-135m --out atlas
 
+# Two workers share the two cores of a small machine (tests/conftest.py gives each its share of threads).
 test: install-test
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadscope
