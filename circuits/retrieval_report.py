@@ -135,11 +135,11 @@ def _section(analysis: dict[str, Any]) -> dict[str, Any]:
 
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
-    """Cheap: one 512-token length (or less for short-context models), depths 25 % and 75 %, up to 24
-    new tokens, no masking; the full run is `interp retrieval`."""
-    length = min(512, model.cfg.n_ctx - 32)
-    analysis = retrieval_analysis(model, lengths=(length,), depths=(0.25, 0.75), seed=int(context.get("seed", 0)),
-                                  max_new_tokens=24, mask_ks=(), echo_segment=64,
+    """Cheap: one 384-token needle test at depth 50 %, up to 20 new tokens, no masking; the full run
+    is `interp retrieval`."""
+    length = min(384, model.cfg.n_ctx - 32)
+    analysis = retrieval_analysis(model, lengths=(length,), depths=(0.5,), seed=int(context.get("seed", 0)),
+                                  max_new_tokens=20, mask_ks=(), echo_segment=48,
                                   progress=bool(context.get("progress", False)))
     part = _section(analysis)
     part["text"] += ("<p>Atlas setting (kept cheap): one short context; run <code>interp retrieval</code> for 1K–8K "

@@ -156,15 +156,17 @@ def _section(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
-    """Cheap: 8 harmful prompts, Ships for the heads of every third layer, 2 Sahara steps over 6
-    candidates, refusal check with k = 1 and 2 random draws on 8 prompts per set (16 tokens)."""
+    """Cheap: 6 harmful prompts, Ships for the heads of layers at 1/6, 1/2 and 5/6 of the depth, 2
+    Sahara steps over 4 candidates, refusal check with k = 1 and one random draw on 6 prompts per
+    set (8 tokens: refusals show in the first words)."""
     cfg = model.cfg
-    heads = [(l, h) for l in range(cfg.n_layers - 1, -1, -3) for h in range(cfg.n_heads)]
-    a = safety_analysis(model, n_prompts=8, heads=sorted(heads), sahara_steps=2, sahara_candidates=6, ks=(1,),
-                        draws=2, max_new_tokens=16, seed=int(context.get("seed", 0)),
+    layers = sorted({cfg.n_layers // 6, cfg.n_layers // 2, 5 * cfg.n_layers // 6})
+    heads = [(l, h) for l in layers for h in range(cfg.n_heads)]
+    a = safety_analysis(model, n_prompts=6, heads=heads, sahara_steps=2, sahara_candidates=4, ks=(1,),
+                        draws=1, max_new_tokens=8, seed=int(context.get("seed", 0)),
                         progress=bool(context.get("progress", False)))
     part = _section(a)
-    part["text"] += ("<p>Atlas setting (kept cheap): 8 prompts and the heads of every third layer only; run "
+    part["text"] += ("<p>Atlas setting (kept cheap): 6 prompts and the heads of three layers only; run "
                      "<code>interp safety</code> for every head over 100 prompts.</p>")
     return part
 
