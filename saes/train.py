@@ -19,6 +19,7 @@ Layout of a training directory (default `cache_root()/saes/<model>/L<layer>-<arc
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -263,7 +264,7 @@ def _runner_classes():
                 self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
             self.trainer = trainer
             try:
-                with _quiet_tqdm(not trainer.progress):
+                with _quiet_tqdm(not trainer.progress), _checkpoint_on_sigterm():
                     sae = trainer.fit()
             except (KeyboardInterrupt, InterruptedException):
                 trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
@@ -273,6 +274,25 @@ def _runner_classes():
             return sae
 
     return Runner, InterruptedException
+
+
+@contextlib.contextmanager
+def _checkpoint_on_sigterm():
+    """Inside the block SIGTERM (a scheduler stopping the job) interrupts like Ctrl-C, so a full checkpoint
+    is saved; the previous handler is restored after."""
+    import signal
+
+    from sae_lens.training._interruption import interrupt_callback
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt_callback)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _quiet_tqdm:

@@ -206,3 +206,24 @@ def test_compare_heads_and_roc_auc_hand_case():
     # members 0.9 and 0.5 vs non-members 0.1 and 0.5: pairs won 1, 1, 1, tie -> (3 + 0.5) / 4
     assert result["roc_auc"] == pytest.approx(3.5 / 4)
     assert roc_auc(torch.tensor([1.0, 0.0]), torch.tensor([True, False])) == 1.0
+
+
+def test_sigterm_during_training_saves_a_full_checkpoint(tiny, corpus, tmp_path):
+    import os
+    import signal
+
+    from sae_lens.training._interruption import InterruptedException
+
+    from saes.train import latest_checkpoint
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_at_3(step, running):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(InterruptedException):
+        _train(tiny, corpus, tmp_path / "run", k=6, tokens=2048, n_checkpoints=0, on_step=stop_at_3)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt is not None and torch.load(ckpt / "trainer_state.pt", weights_only=True)["n_training_steps"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
