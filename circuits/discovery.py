@@ -640,13 +640,15 @@ def acdc(model: HookedTransformer, attribution: Attribution, pairs: PromptPairs,
 
 def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task", method: str = "eap",
              metric: str = "logit_diff", ablation: str = "mean", steps: int = 5, target: float = 0.8,
-             acdc_candidates: int = 200, tau: float = 0.01, acdc_prompts: int = 16, curve_points: int = 10,
+             acdc_candidates: int = 200, tau: float = 0.01, acdc_metric: str = "kl", acdc_prompts: int = 16,
+             curve_points: int = 10,
              max_curve_heads: int | None = None, edge_curves: bool = True, head_ranking: str = "mask-ig",
              batch_size: int = 16, seed: int = 0, progress: bool = False) -> tuple[Circuit, dict[str, Any]]:
     """Find the circuit for a task and measure its faithfulness.
 
     method: "eap" / "eap-ig" score every edge; "acdc" prunes the EAP-IG proposal with real forward
-    passes; "patching" ranks heads by exact activation patching (no edge scores). The edge curve
+    passes (on the first `acdc_prompts` prompts, metric `acdc_metric`: KL to the clean model by
+    default, as Conmy et al.); "patching" ranks heads by exact activation patching (no edge scores). The edge curve
     keeps top-|score| edges; the head curve keeps the top heads (MLPs intact), the rest ablated,
     ranked by `head_ranking`: "mask-ig" (integrated gradients on a head-output mask from all heads
     ablated to none, `head_mask_ig`; default) or "score" (|node score| of the method). The circuit: the edges of the smallest edge-curve point reaching `target` (the
@@ -699,7 +701,7 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
             sub = pairs.select(slice(0, min(acdc_prompts, len(pairs))))
             sub_abl = abl.select(slice(0, len(sub)), sub.clean.shape[1])
             result = acdc(model, attribution, sub, sub_abl, n_candidates=acdc_candidates, tau=tau,
-                          metric=metric if metric == "kl" else "logit_diff", progress=progress)
+                          metric=acdc_metric, progress=progress)
             keep = result["keep"]
             value = edge_circuit_metric(model, graph, pairs, abl, keep, "logit_diff", batch_size=batch_size)
             result["faithfulness"] = value / _mean_logit_diff(model, pairs)
