@@ -5,8 +5,9 @@ Times, for N IOI prompt pairs (mean ablation over the ABC prompts of each templa
   eap        the rest of `circuits.discovery.attribute`: per batch one clean forward + backward
              (activation gradients only, no parameter gradients), the input gradients of every
              destination, and the [n_src, tokens·d] @ [tokens·d, n_dst] product for all edges
-and the total. Also prints the load average before and after (the machine may be shared) and
-the number of edges scored. With --ig, EAP-IG (m = 5) instead.
+and the total. Also prints the load average before and after (the machine may be shared), the
+time of one plain forward pass over the clean prompts (calibration: EAP costs about 3–4 of them
+plus the edge GEMMs) and the number of edges scored. With --ig, EAP-IG (m = 5) instead.
 
     python benchmarks/bench_eap.py --n-prompts 100 --threads 2
 """
@@ -41,6 +42,12 @@ def main() -> None:
     data = ioi_dataset(model, args.n_prompts, seed=0)
     graph = build_graph(model)
     load_before = os.getloadavg()
+    from interp.patching import run_last_logits
+
+    t = time.perf_counter()
+    for _, part in data.pairs.batches(args.batch_size):  # calibration: how fast is this machine right now
+        run_last_logits(model, part.clean, part.last)
+    forward_s = time.perf_counter() - t
     rows = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -52,7 +59,7 @@ def main() -> None:
         rows.append({"ablation_s": t1 - t0, "eap_s": t2 - t1, "total_s": t2 - t0})
     result = {"model": args.model, "method": "eap-ig (m=5)" if args.ig else "eap", "n_prompts": args.n_prompts,
               "tokens": int((data.pairs.last + 1).sum()), "edges": graph.n_edges, "threads": args.threads,
-              "batch_size": args.batch_size, "runs": rows, "best_total_s": min(r["total_s"] for r in rows),
+              "batch_size": args.batch_size, "plain_forward_s": forward_s, "runs": rows, "best_total_s": min(r["total_s"] for r in rows),
               "load_before": load_before, "load_after": os.getloadavg(), "cpu": platform.processor() or platform.machine(),
               "torch": torch.__version__, "checksum": float(attr.scores.abs().sum())}
     print(json.dumps(result, indent=1))
