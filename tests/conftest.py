@@ -10,8 +10,14 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # share the cores between workers instead of oversubscribing them
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Share the cores between workers; the CLI subprocesses and notebook kernels a worker starts
+    # inherit its share through OMP_NUM_THREADS. Oversubscribed OpenMP threads spin and wait:
+    # on 2 cores, 2 workers x 2 threads made some forwards 10-100x slower.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    torch.set_num_threads(_share)
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    os.environ["MKL_NUM_THREADS"] = str(_share)
 
 import contextlib  # noqa: E402
 import socket  # noqa: E402
