@@ -5,8 +5,9 @@
 - `ce_loss_score` = (ce_loss_with_ablation - ce_loss_with_sae) / (ce_loss_with_ablation - ce_loss_without_sae),
   where "with_sae" splices the reconstruction into hook_z of every head and "with_ablation" zeroes hook_z;
   `kl_div_with_sae`, `kl_div_with_ablation` (KL(clean || patched), nats/token) and `kl_div_score`;
-- `dead_features` / `dead_fraction` (never active on the held-out tokens) and `dense_features` (active on
-  more than `dense_threshold` of them);
+- `dead_features` / `dead_fraction` (never active on the held-out tokens, plus `frequency_tokens` when given:
+  a latent that fires once in 10^5 tokens needs that many to show it is alive; `frequency_n_tokens` says how
+  many were counted) and `dense_features` (active on more than `dense_threshold` of them);
 - "dark matter" (Engels et al. 2024): `dark_matter_r2`, the share of the SAE error's variance that a least
   squares map from the input predicts on tokens not used to fit it, and `error_norm_r2` for the error's norm;
   `error_norm` (mean |x - x_hat|) and `relative_error_norm` (mean |x - x_hat| / mean |x|).
@@ -87,8 +88,12 @@ def reconstruct(sae, z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_sae(model, sae, tokens: torch.Tensor, *, layer: int | None = None, batch_size: int = 8,
-                 dense_threshold: float = 0.1, fit_fraction: float = 0.5, seed: int = 0) -> dict[str, Any]:
-    """Metrics of `sae` on held-out `tokens` [n, seq] (int64), as described in the module docstring."""
+                 dense_threshold: float = 0.1, fit_fraction: float = 0.5, seed: int = 0,
+                 frequency_tokens: torch.Tensor | None = None) -> dict[str, Any]:
+    """Metrics of `sae` on held-out `tokens` [n, seq] (int64), as described in the module docstring.
+
+    frequency_tokens: more held-out contexts [m, seq'] on which only firing frequencies are counted (the model
+    runs up to `layer`), for dead/dense features."""
     layer = check_fits(model, sae, layer)
     z_name, resid_name = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_resid_pre"
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0, "l0": 0.0}
@@ -130,9 +135,13 @@ def evaluate_sae(model, sae, tokens: torch.Tensor, *, layer: int | None = None, 
     metrics["ce_loss_score"] = _score(metrics["ce_loss_with_ablation"], metrics["ce_loss_with_sae"],
                                       metrics["ce_loss_without_sae"])
     metrics["kl_div_score"] = _score(metrics["kl_div_with_ablation"], metrics["kl_div_with_sae"], 0.0)
-    freq = fired.double() / n_tok
+    n_freq = n_tok
+    if frequency_tokens is not None and frequency_tokens.numel():
+        fired += firing_counts(model, sae, frequency_tokens, layer=layer, batch_size=batch_size)
+        n_freq += int(frequency_tokens.numel())
+    freq = fired.double() / n_freq
     metrics.update({
-        "d_sae": int(sae.cfg.d_sae), "n_tokens": n_tok,
+        "d_sae": int(sae.cfg.d_sae), "n_tokens": n_tok, "frequency_n_tokens": n_freq,
         "dead_features": int((fired == 0).sum()), "dead_fraction": float((fired == 0).double().mean()),
         "dense_features": int((freq > dense_threshold).sum()), "dense_threshold": dense_threshold,
         "error_norm": float(err.norm(dim=-1).mean()),
@@ -140,6 +149,18 @@ def evaluate_sae(model, sae, tokens: torch.Tensor, *, layer: int | None = None, 
         **dark_matter(x, err, fit_fraction=fit_fraction, seed=seed),
     })
     return metrics
+
+
+@torch.no_grad()
+def firing_counts(model, sae, tokens: torch.Tensor, *, layer: int, batch_size: int = 8) -> torch.Tensor:
+    """On how many of `tokens` [n, seq] each latent is active: LongTensor [d_sae]. The model runs up to `layer`."""
+    z_name = f"blocks.{layer}.attn.hook_z"
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start:start + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(batch, names_filter=[z_name], stop_at_layer=layer + 1)
+        fired += (feature_acts(sae, cache[z_name]) != 0).flatten(0, -2).sum(0).cpu()
+    return fired
 
 
 def _run_from(model, resid: torch.Tensor, layer: int, z_name: str, replace) -> torch.Tensor:

@@ -41,12 +41,13 @@ def resolve_sae(sae: Path | None, model_name: str) -> Path:
     return found[0]
 
 
-def _held_out(model, corpus: str, n: int, seed: int, context_size: int | None = None):
+def _held_out(model, corpus: str, n: int, seed: int, context_size: int | None = None, start: int = 0):
+    """Held-out contexts start..start+n of `corpus` (the rows `interp sae train` kept out with this seed)."""
     from saes.corpus import split_contexts, token_contexts
 
     tokens = token_contexts(model, corpus, context_size=context_size or 128)
     _, held = split_contexts(tokens, 0.02, seed=seed)
-    return held[:n]
+    return held[start:start + n]
 
 
 @app.command("train")
@@ -66,9 +67,11 @@ def train_command(
     batch_tokens: int = typer.Option(1024, min=16, help="tokens per SAE training step (small batches: more steps "
                                      "for a small token budget)"),
     buffer_factor: int = typer.Option(16, min=2, help="the shuffling buffer holds this many batches of activations"),
-    lr: float = typer.Option(1e-3, help="learning rate (Adam)"),
-    lm_dtype: str = typer.Option("float32", help="dtype of the model's forward passes: float32 or bfloat16 "
-                                 "(about 2x faster on CPU)"),
+    lr: float = typer.Option(2e-3, help="learning rate (Adam; 5 % warm-up, linear decay over the last 20 %)"),
+    lm_dtype: str = typer.Option("auto", help="dtype of the model's forward passes: float32, bfloat16, or auto "
+                                 "(bfloat16 where the device has native bf16 matmuls)"),
+    autocast: bool | None = typer.Option(None, "--autocast/--no-autocast", help="SAE matmuls in bf16 (weights "
+                                         "stay float32); default: where the device has native bf16 matmuls"),
     n_checkpoints: int = typer.Option(4, min=0, help="checkpoints during training"),
     resume: bool = typer.Option(True, help="continue from the newest checkpoint in the SAE directory"),
 ):
@@ -79,7 +82,7 @@ def train_command(
     path = train_sae(net, layer, architecture=architecture, expansion=expansion, k=k, l1_coefficient=l1_coefficient,
                      l0_coefficient=l0_coefficient, tokens=tokens, corpus=corpus, context_size=context_size,
                      batch_tokens=batch_tokens, buffer_factor=buffer_factor, lr=lr, out=out, n_checkpoints=n_checkpoints, resume=resume,
-                     seed=seed, lm_dtype=lm_dtype)
+                     seed=seed, lm_dtype=lm_dtype, autocast=autocast)
     import json
 
     summary = json.loads((path / "training.json").read_text())
@@ -89,9 +92,11 @@ def train_command(
          f"{summary['trained_samples']} tokens, {summary['seconds']:.0f} s): {path}")
 
 
-def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: int, texts: list[str] | None = None) -> dict:
+def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: int, texts: list[str] | None = None,
+                    frequency_contexts: int = 0) -> dict:
     """Metrics, per-head polysemanticity and the head-attribution heatmap of one SAE (a report part).
-    Evaluated on held-out contexts of `corpus`, or on `texts` packed into contexts when given."""
+    Evaluated on held-out contexts of `corpus`, or on `texts` packed into contexts when given; firing
+    frequencies (dead/dense features) also over `frequency_contexts` further held-out contexts."""
     import pandas as pd
     import plotly.express as px
 
@@ -108,7 +113,9 @@ def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: in
         corpus = "atlas"
     else:
         tokens = _held_out(net, corpus, contexts, seed, sae.cfg.metadata.context_size)
-    metrics = evaluate_sae(net, sae, tokens, layer=layer)
+    more = _held_out(net, corpus, frequency_contexts, seed, sae.cfg.metadata.context_size, start=contexts) \
+        if frequency_contexts and texts is None else None
+    metrics = evaluate_sae(net, sae, tokens, layer=layer, frequency_tokens=more)
     alive = _alive(net, sae, tokens, layer)
     poly = head_polysemanticity(sae, net, layer, alive=alive)
     share = head_attribution(sae, net.cfg.n_heads)[alive]
@@ -117,7 +124,8 @@ def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: in
                  labels={"x": "head", "y": "live features"}, title="live features by the head with the largest decoder share")
     keys = ["l0", "explained_variance", "ce_loss_score", "kl_div_score", "dead_fraction", "dark_matter_r2"]
     text = (f"<p>SAE <code>{sae_path}</code> on <code>blocks.{layer}.attn.hook_z</code> ({sae.cfg.d_sae} latents, "
-            f"{sae.cfg.architecture()}), evaluated on {metrics['n_tokens']} held-out tokens ({corpus} texts): "
+            f"{sae.cfg.architecture()}), evaluated on {metrics['n_tokens']} held-out tokens ({corpus} texts; "
+            f"firing counted on {metrics['frequency_n_tokens']}): "
             + ", ".join(f"{k} = {_fmt(metrics[k])}" for k in keys)
             + f". {int(poly.df['polysemantic'].sum())} of {net.cfg.n_heads} heads look polysemantic by the weight-based "
             "estimate (at least two owned features writing different directions).</p>")
@@ -142,6 +150,8 @@ def eval_command(
     model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: str | None = DEVICE,
     sae: Path | None = SAE_OPT, corpus: str = CORPUS_OPT,
     contexts: int = typer.Option(32, min=1, help="held-out contexts to evaluate on"),
+    frequency_contexts: int = typer.Option(256, min=0, help="further held-out contexts on which only firing is "
+                                           "counted, for dead and dense features (cheap: the model runs up to the layer)"),
 ):
     """L0, explained variance, CE loss recovered, KL, dead/dense features and dark matter on held-out text."""
     from interp.output import staged_output
@@ -149,7 +159,8 @@ def eval_command(
 
     net = load_cli_model(model, device)
     path = resolve_sae(sae, net.cfg.model_name)
-    part = evaluation_part(net, path, contexts=contexts, corpus=corpus, seed=seed)
+    part = evaluation_part(net, path, contexts=contexts, corpus=corpus, seed=seed,
+                           frequency_contexts=frequency_contexts)
     with staged_output(out) as stage:
         write_analysis(stage, "sae_eval", net.cfg.model_name, part["json"], f"SAE evaluation: {net.cfg.model_name}", part)
     m = part["json"]["metrics"]

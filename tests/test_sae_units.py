@@ -109,6 +109,41 @@ def test_evaluation_matches_full_hooked_runs(tiny, corpus, trained):
     assert m["kl_div_with_sae"] >= 0 and m["kl_div_with_ablation"] > 0
 
 
+def test_dead_and_dense_features_also_count_the_frequency_tokens(tiny, corpus, trained):
+    from saes.evaluate import evaluate_sae, load_sae
+
+    sae = load_sae(trained)
+    tokens, more = corpus[-6:], corpus[-40:-6]
+    m = evaluate_sae(tiny, sae, tokens, batch_size=4, frequency_tokens=more)
+    name = f"blocks.{LAYER}.attn.hook_z"
+    with torch.no_grad():  # sae_lens' own encoder on TransformerLens' full forward (no stop_at_layer)
+        _, cache = tiny.run_with_cache(torch.cat([tokens, more]), names_filter=[name])
+        fired = (sae.encode(cache[name].flatten(-2)) != 0).flatten(0, 1).sum(0)
+    assert m["n_tokens"] == 6 * 32 and m["frequency_n_tokens"] == 40 * 32
+    assert m["dead_features"] == int((fired == 0).sum())
+    assert m["dense_features"] == int((fired / (40 * 32) > m["dense_threshold"]).sum())
+
+
+def test_top_k_latents_start_at_centred_training_activations(tiny, corpus, tmp_path):
+    """With lr 0 the saved SAE is its initialisation: every decoder row points along one training token's
+    hook_z minus b_dec (the mean), and the encoder is the decoder's transpose."""
+    from saes.evaluate import load_sae
+
+    out = _train(tiny, corpus, tmp_path / "init", k=6, tokens=1024, lr=0.0, n_checkpoints=0,
+                 lm_dtype="float32", autocast=False)
+    sae = load_sae(out)
+    name = f"blocks.{LAYER}.attn.hook_z"
+    with torch.no_grad():
+        _, cache = tiny.run_with_cache(corpus, names_filter=[name])
+    z = cache[name].flatten(-2).flatten(0, 1).double()
+    torch.testing.assert_close(sae.b_dec.double(), z.mean(0), atol=0.1 * float(z.std(0).mean()), rtol=0)
+    centred = z - sae.b_dec.double()
+    directions = torch.nn.functional.normalize(centred, dim=-1)
+    rows = torch.nn.functional.normalize(sae.W_dec.double(), dim=-1)
+    assert (rows @ directions.T).max(1).values.min() > 0.9999
+    torch.testing.assert_close(torch.nn.functional.normalize(sae.W_enc.T.double(), dim=-1), rows)
+
+
 def test_dark_matter_recovers_a_planted_linear_error():
     from saes.evaluate import dark_matter
 
