@@ -97,7 +97,7 @@ def compare_heads(table: HeadTable, reference, *, k: int | None = None) -> dict[
     reference: a set of (layer, head) or an `interp.Circuit` (e.g. the discovery engine's), and the ROC-AUC.
 
     saes does not import circuits (dependencies point circuits -> saes): pass the engine's circuit in."""
-    reference = set(reference.heads() if hasattr(reference, "heads") else reference)
+    reference = set(reference.heads if hasattr(reference, "heads") else reference)  # Circuit.heads: a property
     if not reference:
         raise InputError("the reference circuit has no heads to compare with")
     df = table.df.sort_values("score", ascending=False, kind="stable")

@@ -241,6 +241,10 @@ def test_compare_heads_and_roc_auc_hand_case():
     # members 0.9 and 0.5 vs non-members 0.1 and 0.5: pairs won 1, 1, 1, tie -> (3 + 0.5) / 4
     assert result["roc_auc"] == pytest.approx(3.5 / 4)
     assert roc_auc(torch.tensor([1.0, 0.0]), torch.tensor([True, False])) == 1.0
+    from interp import Circuit  # the discovery engine's circuit works as the reference too
+
+    circuit = Circuit(model="m", task="t", metric="logit_diff", method="eap", nodes=["A0.0", "A1.1", "M0"])
+    assert compare_heads(HeadTable(df), circuit) == result
 
 
 def test_sigterm_during_training_saves_a_full_checkpoint(tiny, corpus, tmp_path):
