@@ -30,8 +30,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2_000_000)
     ap.add_argument("--batch-tokens", type=int, default=1024)
     ap.add_argument("--buffer-factor", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lm-dtype", default="bfloat16")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lm-dtype", default="auto")
+    ap.add_argument("--autocast", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--eval-contexts", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, required=True)
@@ -55,6 +56,7 @@ def main() -> None:
     if not (args.out / "cfg.json").is_file():
         train_sae(model, args.layer, architecture=args.architecture, k=args.k, expansion=args.expansion,
                   tokens=args.tokens, batch_tokens=args.batch_tokens, buffer_factor=args.buffer_factor, lr=args.lr, lm_dtype=args.lm_dtype,
+                  autocast={"auto": None, "on": True, "off": False}[args.autocast],
                   out=args.out, n_checkpoints=8, on_step=sample_load)
     train_wall = time.time() - started
     training = json.loads((args.out / "training.json").read_text())
@@ -67,12 +69,14 @@ def main() -> None:
     sae = load_sae(args.out, device=args.device)
     _, held = split_contexts(token_contexts(model, "bible", context_size=training["context_size"]), 0.02, seed=0)
     t0 = time.time()
-    metrics = evaluate_sae(model, sae, held[: args.eval_contexts], layer=args.layer)
+    metrics = evaluate_sae(model, sae, held[: args.eval_contexts], layer=args.layer,
+                           frequency_tokens=held[args.eval_contexts:])
     result = {
         "model": args.model, "layer": args.layer, "architecture": args.architecture, "d_sae": training["d_sae"],
         "training_tokens": training["training_tokens"], "train_seconds": training.get("seconds_total", training["seconds"]),
         "train_wall_this_run": round(train_wall, 1), "eval_seconds": round(time.time() - t0, 1),
-        "eval_tokens": int(held[: args.eval_contexts].numel()), "metrics": metrics,
+        "eval_tokens": int(held[: args.eval_contexts].numel()),
+        "frequency_tokens": int(held.numel()), "metrics": metrics,
         "targets": {"l0<=30": metrics["l0"] <= 30, "ce_loss_score>=0.8": metrics["ce_loss_score"] >= 0.8,
                     "dead<0.2": metrics["dead_fraction"] < 0.2,
                     "train<3600s": training.get("seconds_total", training["seconds"]) < 3600},
