@@ -157,11 +157,34 @@ def test_hub_id_while_offline_says_so(tmp_path, monkeypatch):
         interp.load_model("someone/some-model", cache_dir=tmp_path)
 
 
-def test_corrupt_cache_entry_is_rebuilt_not_trusted(tmp_path, cache_dir):
-    """An interrupted conversion leaves no 'done' marker, so the next load converts again."""
-    entry = next((cache_dir / "models").glob("smollm2-135m-*"))
-    copy = tmp_path / "models" / entry.name
-    shutil.copytree(entry, copy)
-    (copy / "done").unlink()
-    assert not interp.loading._is_complete(copy)
-    assert interp.loading._is_complete(entry)
+def _entry_of(name, cache_dir):
+    """The cache entry folder of an embedded model, named exactly (a glob would also match its .lock)."""
+    return cache_dir / "models" / f"{resolve(name, cache_dir).cache_key}-v{interp.loading.CONVERTER_VERSION}"
+
+
+def test_corrupt_cache_entry_is_rebuilt_not_trusted(smollm2, tmp_path, cache_dir, monkeypatch):
+    """An interrupted conversion (no 'done' marker, truncated weights) is converted again on the next
+    load, never read; the rebuilt entry gives the original weights."""
+    entry = _entry_of("smollm2-135m", cache_dir)
+    assert entry.is_dir() and interp.loading._is_complete(entry)
+    root = tmp_path / "cache"
+    broken = _entry_of("smollm2-135m", root)
+    shutil.copytree(entry, broken)
+    (broken / "done").unlink()
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    conversions = []
+
+    def convert_again(source, target):  # stands in for the 30-s conversion: the good entry's files
+        conversions.append(target)
+        shutil.rmtree(target)
+        shutil.copytree(entry, target)
+
+    monkeypatch.setattr(interp.loading, "_convert_into", convert_again)
+    reloaded = interp.load_model("smollm2-135m", device="cpu", cache_dir=root)
+    assert conversions == [broken]
+    ours, theirs = reloaded.state_dict(), smollm2.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    interp.load_model("smollm2-135m", device="cpu", cache_dir=root)
+    assert conversions == [broken], "a complete entry is read, not converted again"
