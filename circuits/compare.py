@@ -14,7 +14,8 @@ import typer
 from circuits.active_dormant import active_dormant
 from circuits.heads import head_type_scores, repeated_random_tokens
 from circuits.sinks import extreme_tokens, sink_scores
-from interp.cli import DEVICE, JSON, OUT, SEED, emit, load_cli_model
+from interp.cli import DEVICE, JSON, OUT, SEED, check_model, emit, load_cli_model
+from interp.errors import InputError
 from interp.texts import sample_texts
 
 
@@ -81,12 +82,18 @@ def compare_command(
     dormant_texts: int = typer.Option(3, min=1, help="texts per domain for active-dormant heads"),
 ):
     """Sinks, extreme tokens, head types and active-dormant heads of several models, side by side."""
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    if not names:
+        raise InputError("--models names no model; pass e.g. --models smollm2-135m,gemma3-270m")
+    for name in names:  # every name resolved before the first model runs
+        check_model(name, device)
+    check_out(out)
     texts = sample_texts(n_texts, seed=seed)
-    results = [model_taxonomy(load_cli_model(name.strip(), device), texts, seed=seed, dormant_texts=dormant_texts)
-               for name in models.split(",") if name.strip()]
+    results = [model_taxonomy(load_cli_model(name, device), texts, seed=seed, dormant_texts=dormant_texts)
+               for name in names]
     table = pd.DataFrame([summary_row(r) for r in results])
     body = {"models": table.to_dict(orient="records"),
             "per_model": {r["card"]["name"]: {"sinks": r["sinks"].to_dict(), "types": r["types"].to_dict(),

@@ -7,7 +7,8 @@ from typing import Any, Optional
 import typer
 
 from circuits.active_dormant import active_dormant
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
+from interp.errors import InputError
 from interp.texts import DOMAINS
 
 
@@ -83,11 +84,19 @@ def dormant_command(
     check: bool = typer.Option(True, help="ablate every switching head where dormant and where active"),
 ):
     """Active-dormant heads (Guo et al.): per-domain sink mass and output norm, switching heads, causal check."""
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
+    chosen = [d.strip() for d in domains.split(",") if d.strip()]
+    unknown = [d for d in chosen if d not in DOMAINS]
+    if unknown or not chosen:
+        raise InputError(f"unknown domain {unknown[0]!r}; choose from {', '.join(DOMAINS)}" if unknown else
+                         f"--domains names no domain; choose from {', '.join(DOMAINS)}")
+    facts = check_model(model, device)
+    check_tokens(max_tokens, facts, "max-tokens")
+    check_out(out)
     net = load_cli_model(model, device)
-    result = active_dormant(net, domains=[d.strip() for d in domains.split(",") if d.strip()], n=n_texts,
+    result = active_dormant(net, domains=chosen, n=n_texts,
                             max_tokens=max_tokens, sink_threshold=sink_threshold, norm_ratio=norm_ratio, seed=seed,
                             check=check)
     part = _section(result)

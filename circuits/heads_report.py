@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from circuits.heads import KINDS, atlas_section
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
 
 
 def heads_command(
@@ -16,10 +16,13 @@ def heads_command(
     max_tokens: int = typer.Option(128, min=4, help="tokens per passage; repeated blocks of this length"),
 ):
     """Previous-token, duplicate-token, induction and echo heads (TransformerLens' head_detector scoring)."""
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
     from interp.texts import sample_texts
 
+    facts = check_model(model, device)
+    check_tokens(max_tokens, facts, "max-tokens")
+    check_out(out)
     net = load_cli_model(model, device)
     part = atlas_section(net, {"texts": sample_texts(n_texts, seed=seed), "seed": seed, "max_tokens": max_tokens,
                                "progress": True})

@@ -17,7 +17,7 @@ from circuits.retrieval import (
     needle_tests,
     retrieval_scores,
 )
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, emit, load_cli_model
 from interp.errors import InputError
 
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
@@ -34,6 +34,9 @@ def retrieval_analysis(model, *, lengths=DEFAULT_LENGTHS, depths=DEFAULT_DEPTHS,
     import time
 
     t0 = time.perf_counter()
+    check_retrieval_args(_facts(model), lengths=lengths, depths=depths, n_needles=n_needles, mask_ks=mask_ks,
+                         mask_draws=mask_draws, mask_length=mask_length, attention=attention,
+                         max_new_tokens=max_new_tokens)
     room = model.cfg.n_ctx - max_new_tokens  # the answer must fit in the context too
     lengths = sorted({min(int(n), room) for n in lengths})
     tests = needle_tests(model, lengths, depths, n_needles=n_needles, seed=seed)
@@ -48,14 +51,51 @@ def retrieval_analysis(model, *, lengths=DEFAULT_LENGTHS, depths=DEFAULT_DEPTHS,
         t1 = time.perf_counter()
         length = min(lengths) if mask_length is None else mask_length
         subset = [t for t in tests if t.length == length]
-        if not subset:
-            raise InputError(f"--mask-length {length} is not one of the lengths {list(lengths)}")
         masking = masking_experiment(model, subset, result.table, ks=mask_ks, draws=mask_draws, seed=seed,
                                      max_new_tokens=max_new_tokens, attention=attention, progress=progress)
         seconds["masking"] = time.perf_counter() - t1
     result.params.update(seconds=seconds, n_needles=n_needles, seed=seed, echo_segment=echo_segment,
                          mask_ks=list(mask_ks), mask_draws=mask_draws)
     return {"result": result, "masking": masking}
+
+
+def _facts(model):
+    from interp.model_facts import ModelFacts
+
+    return ModelFacts.of(model)
+
+
+def check_retrieval_args(facts, *, lengths, depths, n_needles, mask_ks, mask_draws, mask_length, attention,
+                         max_new_tokens) -> None:
+    """Every argument of a retrieval run against the model's facts (context, heads), before any work.
+    Lengths up to the context are accepted (those above context - max_new_tokens are lowered to it);
+    longer ones are refused."""
+    if not lengths or not depths:
+        raise InputError("give at least one --lengths value and one --depths value")
+    if min(lengths) < 1:
+        raise InputError(f"--lengths {min(lengths)} must be a positive number of tokens")
+    if facts.n_ctx is not None and max(lengths) > facts.n_ctx:
+        raise InputError(f"--lengths {max(lengths)} exceeds the context of {facts.name} ({facts.n_ctx} tokens); "
+                         f"use lengths up to {facts.n_ctx - max_new_tokens} (the answer's {max_new_tokens} tokens "
+                         "must fit too)")
+    if facts.n_ctx is not None and max_new_tokens >= facts.n_ctx // 2:
+        raise InputError(f"--max-new-tokens {max_new_tokens} leaves no room for a haystack in the context of "
+                         f"{facts.name} ({facts.n_ctx} tokens)")
+    if any(not 0.0 <= float(d) <= 1.0 for d in depths):
+        raise InputError(f"--depths must lie in [0, 1]; got {list(depths)}")
+    if n_needles < 1 or mask_draws < 1:
+        raise InputError("--needles and --mask-draws must be at least 1")
+    if attention not in ("sdpa", "kernels"):
+        raise InputError(f"--attention {attention!r} is not sdpa or kernels")
+    if mask_ks:
+        total = facts.n_head_total
+        if min(mask_ks) < 1 or (total is not None and 2 * max(mask_ks) > total):
+            raise InputError(f"--mask-ks {','.join(map(str, mask_ks))}: each k must lie in 1..{(total or 2) // 2} "
+                             f"(k random heads are drawn from outside the top {max(mask_ks)} of {total})")
+        room = None if facts.n_ctx is None else facts.n_ctx - max_new_tokens
+        lowered = {min(int(n), room) if room is not None else int(n) for n in lengths}
+        if mask_length is not None and mask_length not in lowered:
+            raise InputError(f"--mask-length {mask_length} is not one of the lengths {sorted(lowered)}")
 
 
 def _figures(analysis: dict[str, Any]) -> list:
@@ -174,10 +214,14 @@ def retrieval_command(
     attention: str = typer.Option("sdpa", help="prefill attention: sdpa (torch fused) or kernels"),
 ):
     """Retrieval heads (Wu et al.): needle-in-a-haystack accuracy, retrieval scores, masking, echo/induction."""
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
     lengths_list, depths_list, ks = _ints(lengths, "lengths"), _floats(depths, "depths"), _ints(mask_ks, "mask-ks")
+    check_retrieval_args(check_model(model, device), lengths=lengths_list, depths=depths_list, n_needles=needles,
+                         mask_ks=ks, mask_draws=mask_draws, mask_length=mask_length, attention=attention,
+                         max_new_tokens=max_new_tokens)
+    check_out(out)
     net = load_cli_model(model, device)
     analysis = retrieval_analysis(net, lengths=lengths_list, depths=depths_list, n_needles=needles, seed=seed,
                                   max_new_tokens=max_new_tokens, threshold=threshold, mask_ks=ks,

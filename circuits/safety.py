@@ -415,8 +415,9 @@ def refusal_check(
     harmless = load_prompts("harmless")["prompt"].tolist() if harmless is None else list(harmless)
     order = table.df.sort_values(metric, ascending=False, kind="stable")
     ranked = list(zip(order["layer"].astype(int), order["head"].astype(int)))
-    if max(ks) >= len(ranked):
-        raise InputError(f"k up to {max(ks)} leaves no other heads to draw from {len(ranked)}")
+    if min(ks) < 1 or 2 * max(ks) > len(ranked):
+        raise InputError(f"each k must lie in 1..{len(ranked) // 2}: k random heads are drawn from the "
+                         f"{len(ranked)} - k scored heads outside the top k")
     rng = random.Random(seed)
     runs = [(0, "none", 0, [])]
     for k in ks:

@@ -25,6 +25,8 @@ from interp.cli import (
     OUT,
     SEED,
     _parse_indices,
+    check_index,
+    check_model,
     emit,
     load_cli_model,
 )
@@ -185,7 +187,7 @@ def safety_command(
     max_new_tokens: int = typer.Option(32, min=1, help="refusal check: greedy tokens per answer"),
 ):
     """Safety heads (Zhou et al.): Ships per head, Sahara head-set search, refusal rate with heads ablated."""
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
     if ablation not in ABLATIONS:
@@ -194,12 +196,24 @@ def safety_command(
         k_list = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--ks {ks!r} is not a comma-separated list of integers") from None
+    n_shipped = min(len(load_prompts("harmful")), len(load_prompts("harmless")))
+    if prompts > n_shipped:
+        raise InputError(f"--prompts {prompts} is more than the {n_shipped} shipped harmful prompts")
+    if check_prompts is not None and not 1 <= check_prompts <= n_shipped:
+        raise InputError(f"--check-prompts {check_prompts} must lie in 1..{n_shipped}")
+    facts = check_model(model, device)
+    chosen = _parse_indices(layers, "layers")
+    if chosen is not None and not chosen:
+        raise InputError(f"--layers {layers!r} names no layer")
+    check_index(chosen, facts.n_layers, "layers", facts.name)
+    n_scored = None if facts.n_heads is None else (len(set(chosen)) * facts.n_heads if chosen else facts.n_head_total)
+    if k_list and (min(k_list) < 1 or (n_scored is not None and 2 * max(k_list) > n_scored)):
+        raise InputError(f"--ks {ks!r}: each k must lie in 1..{(n_scored or 2) // 2} (k random heads are drawn from "
+                         f"the {n_scored} scored heads outside the top k)")
+    check_out(out)
     net = load_cli_model(model, device)
     heads = None
-    if layers is not None:
-        chosen = _parse_indices(layers, "layers")
-        if not chosen or min(chosen) < 0 or max(chosen) >= net.cfg.n_layers:
-            raise InputError(f"--layers {layers!r} must name layers in 0..{net.cfg.n_layers - 1}")
+    if chosen is not None:
         heads = [(l, h) for l in sorted(set(chosen)) for h in range(net.cfg.n_heads)]
     a = safety_analysis(net, n_prompts=prompts, heads=heads, ablation=ablation, scale=scale, sahara_steps=sahara_steps,
                         sahara_candidates=sahara_candidates, ks=k_list, draws=draws, n_check=check_prompts,

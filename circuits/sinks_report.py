@@ -6,8 +6,9 @@ from typing import Any, Optional
 
 import typer
 
+from interp.errors import InputError
 from circuits.sinks import extreme_tokens, hidden_sinks, massive_activations, sink_scores
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
 
 
 def sinks_analysis(model, texts, *, k: int = 0, eps: float = 0.3, max_tokens: int = 64, hidden_threshold: float = 0.1,
@@ -75,10 +76,15 @@ def sinks_command(
     eps: float = typer.Option(0.3, min=0.0, max=1.0, help="α threshold for Sink_k^eps"),
 ):
     """Attention sinks (Gu et al.), hidden sinks (ACT), value drains, residual peaks, massive activations."""
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
     from interp.texts import sample_texts
 
+    facts = check_model(model, device)
+    check_tokens(max_tokens, facts, "max-tokens")
+    if k >= max_tokens:
+        raise InputError(f"--k {k} must be a position inside the first --max-tokens {max_tokens} tokens")
+    check_out(out)
     net = load_cli_model(model, device)
     result = sinks_analysis(net, sample_texts(n_texts, seed=seed), k=k, eps=eps, max_tokens=max_tokens)
     part = _section(result)

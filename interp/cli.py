@@ -28,9 +28,35 @@ def load_cli_model(model: str, device: Optional[str]):
     """The model a command's --model and --device name (InputError for a bad device)."""
     from interp.loading import load_model
 
+    check_model(model, device)
+    return load_model(model, device=device)
+
+
+def check_model(model: str, device: Optional[str] = None):
+    """Resolve --model and check --device without loading any weights: the model's `ModelFacts` (layers,
+    heads, context), against which a command checks its other arguments before it starts."""
+    from interp.model_facts import model_facts
+
     if device is not None:
         _check_device(device)
-    return load_model(model, device=device)
+    return model_facts(model)
+
+
+def check_index(values: Optional[list[int]], upper: Optional[int], what: str, model: str) -> None:
+    """Every index of --what lies in 0..upper-1 (upper None: unknown until the model loads)."""
+    if values is None or upper is None:
+        return
+    bad = [v for v in values if not 0 <= v < upper]
+    if bad:
+        raise InputError(f"--{what} {bad[0]} is out of range; {model} has {what} 0-{upper - 1}")
+
+
+def check_tokens(n: int, facts, what: str, *, factor: int = 1) -> None:
+    """`n` tokens (times `factor`, where the command builds longer inputs from it) fit the model's context."""
+    if facts.n_ctx is not None and n * factor > facts.n_ctx:
+        times = f" (x{factor} = {n * factor})" if factor > 1 else ""
+        raise InputError(f"--{what} {n}{times} exceeds the context of {facts.name} ({facts.n_ctx} tokens); "
+                         f"use at most {facts.n_ctx // factor}")
 
 
 def _check_device(device: str) -> None:
@@ -81,7 +107,13 @@ def _read_texts(text: Optional[list[str]], file: Optional[Path]) -> list[str]:
     if file is not None:
         if not file.is_file():
             raise InputError(f"--file {file} does not exist")
-        content = file.read_text(encoding="utf-8", errors="strict")
+        try:
+            content = file.read_text(encoding="utf-8", errors="strict")
+        except UnicodeDecodeError as err:
+            raise InputError(f"--file {file} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                             f"{err.start}); save it as UTF-8 or pass --text") from None
+        except OSError as err:
+            raise InputError(f"--file {file} cannot be read ({err.strerror})") from None
         texts.extend(t.strip() for t in content.split("\n\n") if t.strip())
     if not texts:
         raise InputError("no input text: pass --text '...' or --file FILE (paragraphs separated by blank lines)")
@@ -104,9 +136,15 @@ def trace(
 ):
     """Capture per-head activations (OUT/capture) or, with --stats, per-head attention statistics
     from the fused kernels (OUT/stats); both with a per-head summary in OUT/trace.json."""
-    from interp.output import staged_output, write_json
+    from interp.output import check_out, staged_output, write_json
 
     texts = _read_texts(text, file)
+    facts = check_model(model, device)
+    check_out(out)
+    check_index(_parse_indices(layers, "layers"), facts.n_layers, "layers", facts.name)
+    check_index(_parse_indices(heads, "heads"), facts.n_heads, "heads", facts.name)
+    if max_pattern_tokens < 1:
+        raise InputError(f"--max-pattern-tokens {max_pattern_tokens} must be at least 1")
     net = load_cli_model(model, device)
     with staged_output(out) as stage:
         if stats:
@@ -149,8 +187,11 @@ def atlas(
 ):
     """The main job: every analysis on one model → OUT/report.html (offline) and OUT/atlas.json."""
     from interp.atlas import run_atlas
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
 
+    facts = check_model(model, device)
+    check_tokens(max_tokens, facts, "max-tokens")
+    check_out(out)
     net = load_cli_model(model, device)
     with staged_output(out) as stage:
         body = run_atlas(net, stage, seed=seed, n_texts=n_texts, max_tokens=max_tokens)
@@ -161,6 +202,9 @@ def atlas(
 def _register_plugins() -> None:
     from interp.plugins import load_plugins
 
+    if getattr(app, "_interp_plugins", False):  # main() may run more than once in a process (tests)
+        return
+    app._interp_plugins = True
     registry = load_plugins()
     for name, fn in registry.commands:
         app.command(name)(fn)
@@ -186,7 +230,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as err:  # a failure while running: one line, unless debugging
         if os.environ.get("INTERP_DEBUG"):
             raise
-        typer.echo(f"interp: failed: {type(err).__name__}: {err} (set INTERP_DEBUG=1 for the traceback)", err=True)
+        first = (str(err).strip().splitlines() or [""])[0]
+        typer.echo(f"interp: failed: {type(err).__name__}: {first} (set INTERP_DEBUG=1 for the traceback)", err=True)
         code = 1
     if argv is None:
         sys.exit(code)

@@ -11,16 +11,31 @@ from typing import Any, Iterator
 from interp.errors import InputError
 
 
-@contextlib.contextmanager
-def staged_output(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty staging folder beside `out`; on success move its entries into `out`
-    (replacing files of the same name, keeping everything else), on failure delete it."""
+def check_out(out: str | os.PathLike) -> Path:
+    """--out can become a folder: it is one, or its parent is an existing folder (InputError otherwise).
+    Commands call this before any work; `staged_output` again at the end."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; name a folder (it is created if missing)")
     parent = out.resolve().parent
-    if not parent.exists():
+    for above in [parent, *parent.parents]:
+        if above.exists():
+            if not above.is_dir():
+                raise InputError(f"--out {out} cannot be a folder: {above} is a file; choose another --out")
+            break
+    if not parent.is_dir():
         raise InputError(f"the folder {parent} for --out does not exist; create it or choose another --out")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"the folder {parent} for --out is not writable; choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside `out`; on success move its entries into `out`
+    (replacing files of the same name, keeping everything else), on failure delete it."""
+    out = check_out(out)
+    parent = out.resolve().parent
     stage = parent / f".{out.name}.partial{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()

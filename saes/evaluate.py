@@ -29,14 +29,49 @@ def load_sae(path: str | Path, device: str | None = "cpu"):
     from sae_lens import SAE
 
     path = Path(path)
-    if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
-        raise InputError(f"--sae {path} is not an SAE directory (needs cfg.json and sae_weights.safetensors)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sae = SAE.load_from_disk(str(path), device=device or "cpu")
+    sae_file_config(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sae = SAE.load_from_disk(str(path), device=device or "cpu")
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as err:  # a damaged cfg.json or weights file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise InputError(f"--sae {path}: sae_lens cannot load it ({type(err).__name__}: {first}); retrain it or "
+                         "restore its files") from None
     sae.turn_off_forward_pass_hook_z_reshaping()
     _fold_checkpoint_scale(sae, path)
     return sae.eval()
+
+
+def sae_file_config(path: str | Path) -> dict[str, Any]:
+    """The checked cfg.json of an SAE directory, read without loading weights: a JSON object with integer
+    d_in and d_sae and a hook name (top level or under metadata). InputError naming what is wrong."""
+    import json
+
+    path = Path(path)
+    if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
+        raise InputError(f"--sae {path} is not an SAE directory (needs cfg.json and sae_weights.safetensors)")
+    try:
+        cfg = json.loads((path / "cfg.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"--sae {path}: cfg.json is not valid JSON ({getattr(err, 'msg', err)}); retrain the SAE "
+                         "or restore the file") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"--sae {path}: cfg.json holds no SAE config (a JSON object is expected)")
+    missing = [k for k in ("d_in", "d_sae") if not isinstance(cfg.get(k), int) or cfg[k] < 1]
+    hook = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")
+    if missing or not isinstance(hook, str):
+        what = ", ".join(missing + ([] if isinstance(hook, str) else ["hook_name"]))
+        raise InputError(f"--sae {path}: cfg.json lacks a valid {what}; it is not an SAE saved by sae_lens")
+    return {**cfg, "hook_name": hook}
+
+
+def hook_layer(hook: str) -> int:
+    """The layer of `blocks.L.attn.hook_z` (InputError for any other hook)."""
+    parts = hook.split(".")
+    if len(parts) != 4 or parts[0] != "blocks" or parts[2] != "attn" or parts[3] != "hook_z" or not parts[1].isdigit():
+        raise InputError(f"this SAE reads {hook!r}, not blocks.L.attn.hook_z; train one with `interp sae train`")
+    return int(parts[1])
 
 
 def _fold_checkpoint_scale(sae, path: Path) -> None:
@@ -56,11 +91,7 @@ def _fold_checkpoint_scale(sae, path: Path) -> None:
 
 def sae_layer(sae) -> int:
     """The layer of a hook_z SAE, from its hook name."""
-    name = sae.cfg.metadata.hook_name or ""
-    parts = name.split(".")
-    if len(parts) != 4 or parts[0] != "blocks" or parts[-1] != "hook_z":
-        raise InputError(f"this SAE reads {name!r}, not blocks.L.attn.hook_z; train one with `interp sae train`")
-    return int(parts[1])
+    return hook_layer(sae.cfg.metadata.hook_name or "")
 
 
 def check_fits(model, sae, layer: int | None = None) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_index, check_model, check_tokens, emit, load_cli_model
 from interp.errors import InputError
 from saes.corpus import SOURCES_HELP
 from saes.train import ARCHITECTURES, saes_root
@@ -22,6 +22,42 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 SAE_OPT = typer.Option(None, "--sae", help="SAE directory (default: the newest one trained for --model)")
 CORPUS_OPT = typer.Option("bible", "--corpus", help=SOURCES_HELP)
+EVAL_CORPUS_OPT = typer.Option(None, "--corpus", help="text to evaluate on (default: the SAE's training corpus, on "
+                               f"the contexts its training held out); {SOURCES_HELP}")
+EVAL_SEED_OPT = typer.Option(None, "--seed", help="must match the training seed, which fixes the held-out contexts "
+                             "(default: read from the SAE's training.json)")
+
+
+def check_corpus(source: str) -> None:
+    """The corpus names something that exists (InputError otherwise), checked before the model loads."""
+    from saes.corpus import documents
+
+    documents(source)  # resolves the name or path; reading starts only when iterated
+
+
+def check_sae_args(facts, sae: Path | None, *, seed: int | None, corpus: str | None) -> tuple[Path, dict]:
+    """An SAE directory for `facts`' model, its cfg.json read and checked against the model's layers and
+    hook_z width, and --seed against its training record, all before the model loads."""
+    from saes.evaluate import hook_layer, sae_file_config
+
+    path = resolve_sae(sae, facts.name)
+    cfg = sae_file_config(path)
+    layer = hook_layer(cfg["hook_name"])
+    if facts.n_layers is not None and layer >= facts.n_layers:
+        raise InputError(f"the SAE reads layer {layer}; {facts.name} has layers 0-{facts.n_layers - 1}")
+    if facts.n_heads is not None and facts.d_head is not None and cfg["d_in"] != facts.n_heads * facts.d_head:
+        raise InputError(f"the SAE has d_in {cfg['d_in']} but {facts.name}'s hook_z has {facts.n_heads} x "
+                         f"{facts.d_head} = {facts.n_heads * facts.d_head}; use an SAE trained on this model")
+    data = training_data(path)
+    if data and seed is not None and seed != data.get("seed"):
+        raise InputError(f"--seed {seed}: {path} was trained with seed {data.get('seed')}, which fixes its held-out "
+                         f"contexts; drop --seed or pass --seed {data.get('seed')}")
+    if corpus is not None:
+        check_corpus(corpus)
+    elif data and data.get("corpus") == "tensor":
+        raise InputError(f"{path} was trained on contexts passed in from Python; pass --corpus NAME to evaluate it "
+                         "on other text")
+    return path, cfg
 
 
 def find_saes(model_name: str) -> list[Path]:
@@ -41,13 +77,57 @@ def resolve_sae(sae: Path | None, model_name: str) -> Path:
     return found[0]
 
 
-def _held_out(model, corpus: str, n: int, seed: int, context_size: int | None = None, start: int = 0):
-    """Held-out contexts start..start+n of `corpus` (the rows `interp sae train` kept out with this seed)."""
-    from saes.corpus import split_contexts, token_contexts
+def training_data(sae_path: Path) -> dict | None:
+    """The `data` record of an SAE's training.json (corpus, seed, held-out fraction and context ids), or None
+    for an SAE trained elsewhere or before it was recorded."""
+    import json
 
-    tokens = token_contexts(model, corpus, context_size=context_size or 128)
-    _, held = split_contexts(tokens, 0.02, seed=seed)
-    return held[start:start + n]
+    path = Path(sae_path) / "training.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("data")
+    except json.JSONDecodeError:
+        raise InputError(f"{path} is not valid JSON; retrain the SAE or remove the file") from None
+
+
+def held_out_set(model, sae_path: Path, *, corpus: str | None, seed: int | None, context_size: int | None):
+    """The contexts an SAE may be evaluated on, with a description: (tokens [n, ctx], ids or None, note).
+
+    With a training.json: its corpus's held-out contexts, exactly the ids it recorded (a --seed other than the
+    training seed is refused; a --corpus other than the training corpus is used whole, none of it was trained
+    on). Without one: the corpus split rebuilt from --seed (default 0), as `interp sae train` would make it."""
+    from saes.corpus import split_ids, token_contexts
+    from saes.train import contexts_fingerprint
+
+    data = training_data(sae_path)
+    if data is None or "held_out_ids" not in data:
+        corpus = corpus or "bible"
+        tokens = token_contexts(model, corpus, context_size=context_size or 128)
+        _, ids = split_ids(tokens.shape[0], 0.02, seed=0 if seed is None else seed)
+        return tokens[ids], ids.tolist(), f"{corpus} contexts held out with seed {seed or 0} (no training record)"
+    if seed is not None and seed != data["seed"]:
+        raise InputError(f"--seed {seed}: {sae_path} was trained with seed {data['seed']}, which fixes its held-out "
+                         f"contexts; drop --seed or pass --seed {data['seed']}")
+    if corpus is not None and corpus != data["corpus"]:
+        tokens = token_contexts(model, corpus, context_size=data.get("context_size") or context_size or 128)
+        return tokens, None, f"{corpus} contexts (not the training corpus {data['corpus']})"
+    if data["corpus"] == "tensor":
+        raise InputError(f"{sae_path} was trained on contexts passed in from Python; evaluate it with "
+                         "saes.evaluate.evaluate_sae on its held-out rows, or pass --corpus NAME for other text")
+    tokens = token_contexts(model, data["corpus"], context_size=data.get("context_size") or context_size or 128)
+    if contexts_fingerprint(tokens) != data["corpus_fingerprint"]:
+        raise InputError(f"the corpus {data['corpus']!r} no longer packs into the contexts {sae_path} was trained "
+                         "on (its files or the tokenizer changed); its held-out set cannot be rebuilt")
+    ids = torch_ids(data["held_out_ids"])
+    return tokens[ids], data["held_out_ids"], (f"{data['corpus']} contexts held out from training (seed "
+                                                f"{data['seed']}, {data['held_out_fraction']:.0%})")
+
+
+def torch_ids(ids: list[int]):
+    import torch
+
+    return torch.tensor(ids, dtype=torch.long)
 
 
 @app.command("train")
@@ -76,8 +156,23 @@ def train_command(
     resume: bool = typer.Option(True, help="continue from the newest checkpoint in the SAE directory"),
 ):
     """Train an SAE on blocks.L.attn.hook_z through sae_lens, with checkpoints; rerun to resume."""
+    from interp.output import check_out
     from saes.train import train_sae
 
+    facts = check_model(model, device)
+    check_index([layer], facts.n_layers, "layers", facts.name)
+    check_tokens(context_size, facts, "context-size")
+    if architecture not in ARCHITECTURES:
+        raise InputError(f"--architecture {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+    if lm_dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16"):
+        raise InputError(f"--lm-dtype {lm_dtype!r} is not auto, float32, bfloat16 or float16")
+    if tokens < batch_tokens:
+        raise InputError(f"--tokens {tokens} is fewer than one batch (--batch-tokens {batch_tokens})")
+    if not lr > 0:
+        raise InputError(f"--lr {lr} must be positive")
+    check_corpus(corpus)
+    if out is not None:
+        check_out(out)
     net = load_cli_model(model, device)
     path = train_sae(net, layer, architecture=architecture, expansion=expansion, k=k, l1_coefficient=l1_coefficient,
                      l0_coefficient=l0_coefficient, tokens=tokens, corpus=corpus, context_size=context_size,
@@ -92,10 +187,10 @@ def train_command(
          f"{summary['trained_samples']} tokens, {summary['seconds']:.0f} s): {path}")
 
 
-def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: int, texts: list[str] | None = None,
-                    frequency_contexts: int = 0) -> dict:
+def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str | None, seed: int | None,
+                    texts: list[str] | None = None, frequency_contexts: int = 0) -> dict:
     """Metrics, per-head polysemanticity and the head-attribution heatmap of one SAE (a report part).
-    Evaluated on held-out contexts of `corpus`, or on `texts` packed into contexts when given; firing
+    Evaluated on its held-out contexts (`held_out_set`), or on `texts` packed into contexts when given; firing
     frequencies (dead/dense features) also over `frequency_contexts` further held-out contexts."""
     import pandas as pd
     import plotly.express as px
@@ -110,11 +205,13 @@ def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: in
 
         tok = net.tokenizer
         tokens = pack(iter(texts), tok, sae.cfg.metadata.context_size or 128, separator=tok.eos_token_id)[:contexts]
-        corpus = "atlas"
+        ids, where, more = None, "atlas texts", None
     else:
-        tokens = _held_out(net, corpus, contexts, seed, sae.cfg.metadata.context_size)
-    more = _held_out(net, corpus, frequency_contexts, seed, sae.cfg.metadata.context_size, start=contexts) \
-        if frequency_contexts and texts is None else None
+        held, ids, where = held_out_set(net, sae_path, corpus=corpus, seed=seed,
+                                        context_size=sae.cfg.metadata.context_size)
+        tokens = held[:contexts]
+        more = held[contexts:contexts + frequency_contexts] if frequency_contexts else None
+        ids = None if ids is None else ids[:contexts]
     metrics = evaluate_sae(net, sae, tokens, layer=layer, frequency_tokens=more)
     alive = _alive(net, sae, tokens, layer)
     poly = head_polysemanticity(sae, net, layer, alive=alive)
@@ -124,7 +221,7 @@ def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: in
                  labels={"x": "head", "y": "live features"}, title="live features by the head with the largest decoder share")
     keys = ["l0", "explained_variance", "ce_loss_score", "kl_div_score", "dead_fraction", "dark_matter_r2"]
     text = (f"<p>SAE <code>{sae_path}</code> on <code>blocks.{layer}.attn.hook_z</code> ({sae.cfg.d_sae} latents, "
-            f"{sae.cfg.architecture()}), evaluated on {metrics['n_tokens']} held-out tokens ({corpus} texts; "
+            f"{sae.cfg.architecture()}), evaluated on {metrics['n_tokens']} tokens ({where}; "
             f"firing counted on {metrics['frequency_n_tokens']}): "
             + ", ".join(f"{k} = {_fmt(metrics[k])}" for k in keys)
             + f". {int(poly.df['polysemantic'].sum())} of {net.cfg.n_heads} heads look polysemantic by the weight-based "
@@ -132,7 +229,8 @@ def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str, seed: in
     metric_table = pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()])
     return {"title": f"Attention-output SAE, layer {layer}", "text": text, "figures": [fig],
             "tables": [("metrics (sae_lens names)", metric_table), ("per-head polysemanticity estimate", poly.df)],
-            "json": {"sae": str(sae_path), "layer": layer, "metrics": metrics, "heads": poly.to_dict()}}
+            "json": {"sae": str(sae_path), "layer": layer, "evaluated_on": where, "context_ids": ids,
+                     "metrics": metrics, "heads": poly.to_dict()}}
 
 
 def _fmt(value) -> str:
@@ -147,18 +245,19 @@ def _alive(net, sae, tokens, layer):
 
 @app.command("eval")
 def eval_command(
-    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: str | None = DEVICE,
-    sae: Path | None = SAE_OPT, corpus: str = CORPUS_OPT,
+    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int | None = EVAL_SEED_OPT,
+    device: str | None = DEVICE, sae: Path | None = SAE_OPT, corpus: str | None = EVAL_CORPUS_OPT,
     contexts: int = typer.Option(32, min=1, help="held-out contexts to evaluate on"),
     frequency_contexts: int = typer.Option(256, min=0, help="further held-out contexts on which only firing is "
                                            "counted, for dead and dense features (cheap: the model runs up to the layer)"),
 ):
     """L0, explained variance, CE loss recovered, KL, dead/dense features and dark matter on held-out text."""
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
+    path, _ = check_sae_args(check_model(model, device), sae, seed=seed, corpus=corpus)
+    check_out(out)
     net = load_cli_model(model, device)
-    path = resolve_sae(sae, net.cfg.model_name)
     part = evaluation_part(net, path, contexts=contexts, corpus=corpus, seed=seed,
                            frequency_contexts=frequency_contexts)
     with staged_output(out) as stage:
@@ -169,8 +268,8 @@ def eval_command(
          f"{_fmt(m['ce_loss_score'])}, dead {m['dead_fraction']:.1%}; wrote {out}/sae_eval.html, sae_eval.json")
 
 
-def features_part(net, sae_path: Path, *, features: list[int] | None, n_features: int, contexts: int, corpus: str,
-                  seed: int, prompt: str | None) -> dict:
+def features_part(net, sae_path: Path, *, features: list[int] | None, n_features: int, contexts: int,
+                  corpus: str | None, seed: int | None, prompt: str | None) -> dict:
     """Dashboards of chosen (or the most frequent) features, and a direct feature attribution of a prompt."""
     import pandas as pd
     import plotly.express as px
@@ -183,7 +282,7 @@ def features_part(net, sae_path: Path, *, features: list[int] | None, n_features
     layer = check_fits(net, sae)
     if features is not None and any(not 0 <= f < sae.cfg.d_sae for f in features):
         raise InputError(f"--features must be between 0 and {sae.cfg.d_sae - 1}")
-    tokens = _held_out(net, corpus, contexts, seed, sae.cfg.metadata.context_size)
+    tokens = held_out_set(net, sae_path, corpus=corpus, seed=seed, context_size=sae.cfg.metadata.context_size)[0][:contexts]
     stats = activation_stats(net, sae, tokens, layer=layer, features=features)
     if features is None:
         features = stats["frequency"].topk(n_features).indices.tolist()
@@ -218,8 +317,8 @@ def features_part(net, sae_path: Path, *, features: list[int] | None, n_features
 
 @app.command("features")
 def features_command(
-    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: str | None = DEVICE,
-    sae: Path | None = SAE_OPT, corpus: str = CORPUS_OPT,
+    model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int | None = EVAL_SEED_OPT,
+    device: str | None = DEVICE, sae: Path | None = SAE_OPT, corpus: str | None = EVAL_CORPUS_OPT,
     features: str | None = typer.Option(None, help="feature ids, e.g. 3,17,40-42 (default: the most frequent)"),
     n_features: int = typer.Option(8, min=1, help="how many features when --features is not given"),
     contexts: int = typer.Option(32, min=1, help="held-out contexts to search for top activations"),
@@ -228,12 +327,19 @@ def features_command(
 ):
     """Feature dashboards: top-activating contexts, attribution to heads, logit effects."""
     from interp.cli import _parse_indices
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
+    path, cfg = check_sae_args(check_model(model, device), sae, seed=seed, corpus=corpus)
+    chosen = _parse_indices(features, "features")
+    if chosen is not None and not chosen:
+        raise InputError(f"--features {features!r} names no feature")
+    check_index(chosen, cfg["d_sae"], "features", f"the SAE ({cfg['d_sae']} latents)")
+    if prompt is not None and not prompt.strip():
+        raise InputError("--prompt is empty; pass some text or leave it out")
+    check_out(out)
     net = load_cli_model(model, device)
-    path = resolve_sae(sae, net.cfg.model_name)
-    part = features_part(net, path, features=_parse_indices(features, "features"), n_features=n_features,
+    part = features_part(net, path, features=chosen, n_features=n_features,
                          contexts=contexts, corpus=corpus, seed=seed, prompt=prompt)
     with staged_output(out) as stage:
         write_analysis(stage, "sae_features", net.cfg.model_name, part["json"], f"SAE features: {net.cfg.model_name}", part)
@@ -250,7 +356,7 @@ def atlas_section(model, context: dict) -> dict[str, Any]:
                         f"{model.cfg.model_name} --layer L</code> (stored in {saes_root(model.cfg.model_name)}, where "
                         "the atlas finds it) or set <code>INTERP_SAE</code> to an SAE directory.</p>"}
     # the atlas's own texts (not in the training corpus): no need to tokenise the whole corpus here
-    return evaluation_part(model, found[0], contexts=8, corpus="bible", seed=context.get("seed", 0),
+    return evaluation_part(model, found[0], contexts=8, corpus=None, seed=None,
                            texts=context.get("texts") or _atlas_texts())
 
 

@@ -120,3 +120,123 @@ def test_dormant_rejects_an_unknown_domain(tmp_path):
     proc = run("dormant", "--out", str(tmp_path / "d"), "--domains", "prose,poetry")
     assert proc.returncode == 2 and "unknown domain 'poetry'" in _one_clean_line(proc)
     assert not (tmp_path / "d").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input is refused before any weights load: every command, in-process, with load_model replaced by a
+# function that fails the test. Each case must exit 2 with one line, no traceback, leave --out as it was,
+# and return within a few seconds.
+
+def _sae_dirs(tmp):
+    """SAE directories a user might point at: broken cfg.json, wrong width, wrong layer, trained with seed 3."""
+    made = {}
+    for name, cfg in {"broken": "{not json", "wide": {"d_in": 10, "d_sae": 20, "metadata": {"hook_name": "blocks.3.attn.hook_z"}},
+                      "deep": {"d_in": 576, "d_sae": 64, "metadata": {"hook_name": "blocks.99.attn.hook_z"}},
+                      "seeded": {"d_in": 576, "d_sae": 64, "metadata": {"hook_name": "blocks.3.attn.hook_z"}},
+                      "resid": {"d_in": 576, "d_sae": 64, "metadata": {"hook_name": "blocks.3.hook_resid_pre"}}}.items():
+        d = tmp / f"sae_{name}"
+        d.mkdir()
+        (d / "cfg.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+        (d / "sae_weights.safetensors").write_bytes(b"")
+        made[name] = d
+    (made["seeded"] / "training.json").write_text(json.dumps({"data": {"seed": 3, "corpus": "bible"}}))
+    return made
+
+
+BAD_INPUTS = [
+    (["trace", "--file", "{tmp}/latin1.txt"], "is not UTF-8 text"),
+    (["trace", "-t", "hi", "--layers", "30"], "--layers 30 is out of range; smollm2-135m has layers 0-29"),
+    (["trace", "-t", "hi", "--heads", "2,9"], "--heads 9 is out of range; smollm2-135m has heads 0-8"),
+    (["trace", "-t", "hi", "--out", "{tmp}/file.txt"], "is a file"),
+    (["atlas", "--max-tokens", "9000"], "--max-tokens 9000 exceeds the context of smollm2-135m (8192 tokens)"),
+    (["atlas", "--out", "{tmp}/file.txt/sub/out"], "cannot be a folder: "),
+    (["atlas", "--model", "gemma3-270m", "--max-tokens", "40000"], "exceeds the context of gemma3-270m (32768 tokens)"),
+    (["atlas", "--device", "cuda:0"], "no CUDA GPU"),
+    (["heads", "--max-tokens", "10000"], "exceeds the context"),
+    (["sinks", "--max-tokens", "10000"], "exceeds the context"),
+    (["sinks", "--k", "70"], "--k 70 must be a position inside"),
+    (["dormant", "--domains", "prose,poetry"], "unknown domain 'poetry'"),
+    (["dormant", "--max-tokens", "9000"], "exceeds the context"),
+    (["compare", "--models", "smollm2-135m,no-such-model"], "unknown model 'no-such-model'"),
+    (["ioi", "--model", "gpt-17"], "unknown model 'gpt-17'"),
+    (["retrieval", "--lengths", "1024,20000"], "--lengths 20000 exceeds the context of smollm2-135m (8192 tokens)"),
+    (["retrieval", "--depths", "0.5,1.5"], "--depths must lie in [0, 1]"),
+    (["retrieval", "--mask-ks", "5,200"], "--mask-ks 5,200: each k must lie in 1..135"),
+    (["retrieval", "--lengths", "1024", "--mask-length", "777"], "--mask-length 777 is not one of the lengths [1024]"),
+    (["retrieval", "--attention", "flash"], "--attention 'flash' is not sdpa or kernels"),
+    (["retrieval", "--lengths", "10x"], "is not a comma-separated list of integers"),
+    (["safety", "--prompts", "500"], "--prompts 500 is more than the"),
+    (["safety", "--layers", "31"], "--layers 31 is out of range; smollm2-135m has layers 0-29"),
+    (["safety", "--layers", "3", "--ks", "1,5"], "--ks '1,5': each k must lie in 1..4"),
+    (["safety", "--ablation", "keys"], "--ablation 'keys' is not one of"),
+    (["sae", "train", "--layer", "30"], "--layers 30 is out of range"),
+    (["sae", "train", "--layer", "3", "--architecture", "gated"], "--architecture 'gated' is not one of"),
+    (["sae", "train", "--layer", "3", "--corpus", "{tmp}/no-such-corpus"], "is not a known corpus or an existing path"),
+    (["sae", "train", "--layer", "3", "--context-size", "9000"], "--context-size 9000 exceeds the context"),
+    (["sae", "train", "--layer", "3", "--tokens", "100"], "--tokens 100 is fewer than one batch"),
+    (["sae", "train", "--layer", "3", "--lm-dtype", "int8"], "--lm-dtype 'int8' is not"),
+    (["sae", "eval", "--sae", "{tmp}/sae_broken"], "cfg.json is not valid JSON"),
+    (["sae", "eval", "--sae", "{tmp}/sae_wide"], "the SAE has d_in 10 but smollm2-135m's hook_z has 9 x 64 = 576"),
+    (["sae", "eval", "--sae", "{tmp}/sae_deep"], "the SAE reads layer 99; smollm2-135m has layers 0-29"),
+    (["sae", "eval", "--sae", "{tmp}/sae_resid"], "not blocks.L.attn.hook_z"),
+    (["sae", "eval", "--sae", "{tmp}/sae_seeded", "--seed", "5"], "was trained with seed 3"),
+    (["sae", "eval", "--sae", "{tmp}/nowhere"], "is not an SAE directory"),
+    (["sae", "features", "--sae", "{tmp}/sae_seeded", "--features", "3,64"], "--features 64 is out of range"),
+    (["sae", "features", "--sae", "{tmp}/sae_broken"], "cfg.json is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUTS, ids=[" ".join(a[:3]) for a, _ in BAD_INPUTS])
+def test_every_command_refuses_bad_input_before_loading(args, expected, tmp_path, monkeypatch, capsys):
+    import time
+
+    import torch
+
+    import interp.loading
+    from interp.cli import main
+
+    if "cuda:0" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+
+    def no_load(*a, **kw):
+        raise AssertionError("load_model was called before the arguments were checked")
+
+    monkeypatch.setattr(interp.loading, "load_model", no_load)
+    _sae_dirs(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (tmp_path / "file.txt").write_text("a user's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    argv = [a.format(tmp=tmp_path) for a in args]
+    if "--out" not in argv and args[:2] != ["sae", "train"]:
+        argv += ["--out", str(out)]
+    elif args[:2] == ["sae", "train"]:
+        argv += ["--out", str(out / "sae")]
+    capsys.readouterr()
+    started = time.perf_counter()
+    code = main(argv)
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("interp: error: ") and "Traceback" not in err, err
+    assert expected in lines[0], lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
+    assert (tmp_path / "file.txt").read_text() == "a user's file"
+    assert seconds < 5, f"took {seconds:.1f} s: the check should come before any work"
+
+
+def test_an_unexpected_failure_is_exit_1_with_one_line(tmp_path, monkeypatch, capsys):
+    import interp.loading
+    from interp.cli import main
+
+    def broken(*a, **kw):
+        raise RuntimeError("disk on fire\nsecond line of detail")
+
+    monkeypatch.setattr(interp.loading, "load_model", broken)
+    out = tmp_path / "out"
+    code = main(["trace", "-t", "hi", "--out", str(out)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and lines == ["interp: failed: RuntimeError: disk on fire (set INTERP_DEBUG=1 for the traceback)"]
+    assert not out.exists()
