@@ -190,14 +190,22 @@ def _cache_key(tok: Any, source: str, context_size: int, max_tokens: int | None,
     return f"{name}-{vocab}-{digest}"
 
 
-def split_contexts(tokens: torch.Tensor, held_out: float = 0.02, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shuffle rows with `seed` and split off a `held_out` fraction (at least one row): (train, held_out)."""
-    n = tokens.shape[0]
+def split_ids(n: int, held_out: float = 0.02, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ids of `n` contexts shuffled with `seed`, split into (train ids, held-out ids); the held-out part
+    is a `held_out` fraction, at least one row. training.json records the held-out ids."""
+    if not 0.0 < held_out < 1.0:
+        raise InputError(f"the held-out fraction must lie strictly between 0 and 1, got {held_out}")
     n_held = max(1, round(n * held_out))
     if n_held >= n:
         raise InputError(f"the corpus has only {n} contexts; nothing left to train on after holding out {n_held}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return tokens[order[n_held:]], tokens[order[:n_held]]
+    return order[n_held:], order[:n_held]
+
+
+def split_contexts(tokens: torch.Tensor, held_out: float = 0.02, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle rows with `seed` and split off a `held_out` fraction (at least one row): (train, held_out)."""
+    train_ids, held_ids = split_ids(tokens.shape[0], held_out, seed=seed)
+    return tokens[train_ids], tokens[held_ids]
 
 
 def as_dataset(tokens: torch.Tensor):

@@ -113,7 +113,7 @@ def train_sae(
     buffer_factor: the shuffling buffer holds this many training batches of activations (half kept for mixing).
     stop_after_steps: interrupt after that many steps, as Ctrl-C would (a full checkpoint is saved).
     """
-    from saes.corpus import as_dataset, split_contexts, token_contexts
+    from saes.corpus import as_dataset, split_ids, token_contexts
 
     n_layers, n_heads, d_head = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
     if not 0 <= layer < n_layers:
@@ -129,22 +129,28 @@ def train_sae(
 
     contexts = corpus if isinstance(corpus, torch.Tensor) else token_contexts(model, corpus, context_size=context_size)
     context_size = contexts.shape[1]
-    train_rows, _ = split_contexts(contexts, held_out, seed=seed)
+    train_ids, held_ids = split_ids(contexts.shape[0], held_out, seed=seed)
+    train_rows = contexts[train_ids]
+    data = {"corpus": corpus_name(corpus), "corpus_fingerprint": contexts_fingerprint(contexts),
+            "n_contexts": int(contexts.shape[0]), "context_size": context_size, "seed": seed,
+            "held_out_fraction": held_out, "held_out_ids": held_ids.tolist()}
     checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        _check_same_data(out, data)
+    fast_bf16 = native_bf16(model.cfg.device)
+    lm_dtype = ("bfloat16" if fast_bf16 else "float32") if lm_dtype == "auto" else lm_dtype
+    autocast = fast_bf16 if autocast is None else autocast
     runner_cfg = _runner_config(model, layer, sae_cfg, out, tokens=tokens, context_size=context_size,
                                 batch_tokens=batch_tokens, lr=lr, n_checkpoints=n_checkpoints, seed=seed,
                                 store_batch_prompts=store_batch_prompts, buffer_factor=buffer_factor,
                                 checkpoint=checkpoint, autocast=autocast)
     _quiet_sae_lens_logs()
-    fast_bf16 = native_bf16(model.cfg.device)
-    lm_dtype = ("bfloat16" if fast_bf16 else "float32") if lm_dtype == "auto" else lm_dtype
-    autocast = fast_bf16 if autocast is None else autocast
     lm = _lm_copy(model, lm_dtype)
     started = time.time()
     runner_cls, _ = _runner_classes()
     status, runner = "interrupted", None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), seeded(seed):
             # sae_lens compares dataset rows with tokens, and copies token rows with torch.tensor: both harmless
             warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")
@@ -155,8 +161,57 @@ def train_sae(
     finally:
         if getattr(runner, "trainer", None) is not None:
             _write_summary(out, runner, model, layer, architecture, tokens, context_size, len(train_rows), lm_dtype,
-                           time.time() - started, checkpoint, status)
+                           time.time() - started, checkpoint, status, data)
     return out
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Inside the block torch (CPU and CUDA), numpy and random start from `seed`: the SAE's initialisation,
+    the data-based latent init and sae_lens' activation shuffling are then the same on every run. The
+    callers' random states are restored after."""
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _check_same_data(out: Path, data: dict) -> None:
+    """A resumed run must train on the same contexts as the run it continues (else it would train on the
+    earlier run's held-out set): same corpus, seed and held-out split, or an InputError."""
+    try:
+        before = json.loads((out / "training.json").read_text()).get("data")
+    except (OSError, json.JSONDecodeError):
+        return
+    keys = ("corpus_fingerprint", "seed", "held_out_fraction")
+    if before and any(before.get(k) != data[k] for k in keys):
+        raise InputError(f"{out} holds a checkpoint trained with corpus {before.get('corpus')!r}, seed "
+                         f"{before.get('seed')} and held-out fraction {before.get('held_out_fraction')}; resume with "
+                         "the same ones, or pass --no-resume (or another --out) to start afresh")
+
+
+def corpus_name(corpus) -> str:
+    """What training.json calls the corpus: its name or path, or "tensor" for contexts passed in."""
+    return "tensor" if isinstance(corpus, torch.Tensor) else str(corpus)
+
+
+def contexts_fingerprint(contexts: torch.Tensor) -> str:
+    """sha256 of the packed contexts (shape and int64 values): evaluation checks it sees the same corpus."""
+    import hashlib
+
+    data = contexts.to(torch.int64).contiguous().cpu().numpy().tobytes()
+    return hashlib.sha256(repr(tuple(contexts.shape)).encode() + data).hexdigest()[:20]
 
 
 def native_bf16(device) -> bool:
@@ -214,7 +269,10 @@ def _runner_config(model, layer: int, sae_cfg, out: Path, *, tokens, context_siz
         sae=sae_cfg, model_name=model.cfg.model_name, hook_name=hook_name(layer), dataset_path="interp-corpus",
         is_dataset_tokenized=True, streaming=False, context_size=context_size, training_tokens=tokens,
         train_batch_size_tokens=batch_tokens, store_batch_size_prompts=store_batch_prompts,
-        n_batches_in_buffer=-(-buffer_factor * batch_tokens // context_size),  # sae_lens: buffer = this x context prepend_bos=False, device=str(model.cfg.device), seed=seed,
+        n_batches_in_buffer=-(-buffer_factor * batch_tokens // context_size),  # sae_lens: buffer = this x context
+        # the contexts are already packed (a BOS starts each row exactly when the model prepends one), so this
+        # only records in cfg.json whether the SAE saw a BOS at position 0
+        prepend_bos=bool(model.cfg.default_prepend_bos), device=str(model.cfg.device), seed=seed,
         lr=lr, lr_warm_up_steps=max(1, steps // 20), lr_scheduler_name="constant", lr_decay_steps=steps // 5,
         autocast=autocast,
         dead_feature_window=window, feature_sampling_window=window, n_batches_for_norm_estimate=min(5, steps),
@@ -373,7 +431,7 @@ def _step_stats(step_output) -> dict[str, float]:
 
 
 def _write_summary(out: Path, runner, model, layer, architecture, tokens, context_size, n_train_rows, lm_dtype,
-                   seconds, checkpoint, status) -> None:
+                   seconds, checkpoint, status, data: dict) -> None:
     trainer = runner.trainer
     summary = {
         "schema": "interp.sae_training/1", "model": model.cfg.model_name, "layer": layer,
@@ -384,6 +442,7 @@ def _write_summary(out: Path, runner, model, layer, architecture, tokens, contex
         "autocast": runner.cfg.autocast, "lr": runner.cfg.lr, "batch_tokens": runner.cfg.train_batch_size_tokens, "seconds": round(seconds, 1), "resumed_from": None if checkpoint is None else str(checkpoint),
         "final": dict(trainer.running), "history": trainer.history,
         "device": str(model.cfg.device), "threads": torch.get_num_threads(),
+        "data": data,  # corpus, seed, held-out fraction and the held-out context ids (what `interp sae eval` uses)
     }
     previous = out / "training.json"
     if checkpoint is not None and previous.is_file():  # add the time spent before the resume
