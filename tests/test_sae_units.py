@@ -2,6 +2,7 @@
 evaluation against TransformerLens' own hooked runs, attribution sums against the encoder's hook."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from tiny import tiny_gqa_model
@@ -106,7 +107,13 @@ def test_evaluation_matches_full_hooked_runs(tiny, corpus, trained):
     acts = feature_acts(sae, cache[name])
     assert m["l0"] == pytest.approx(6.0)  # top-k with k = 6
     assert m["dead_features"] == int(((acts > 0).flatten(0, 1).sum(0) == 0).sum())
-    assert m["kl_div_with_sae"] >= 0 and m["kl_div_with_ablation"] > 0
+    with torch.no_grad():  # KL(clean || patched) per token, from TL's full hooked forwards, float64
+        clean_logp = tiny(tokens).double().log_softmax(-1)
+        for key, hook in (("sae", lambda z, hook: reconstruct(sae, z)), ("ablation", lambda z, hook: z * 0)):
+            logp = tiny.run_with_hooks(tokens, fwd_hooks=[(name, hook)]).double().log_softmax(-1)
+            kl = float((clean_logp.exp() * (clean_logp - logp)).sum(-1).mean())
+            assert m[f"kl_div_with_{key}"] == pytest.approx(kl, rel=1e-4)
+    assert m["kl_div_score"] == pytest.approx(1 - m["kl_div_with_sae"] / m["kl_div_with_ablation"], rel=1e-6)
 
 
 def test_dead_and_dense_features_also_count_the_frequency_tokens(tiny, corpus, trained):
@@ -266,3 +273,140 @@ def test_sigterm_during_training_saves_a_full_checkpoint(tiny, corpus, tmp_path)
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt is not None and torch.load(ckpt / "trainer_state.pt", weights_only=True)["n_training_steps"] == 3
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def test_sae_lens_gets_the_device_seed_and_bos_we_mean(corpus, monkeypatch, tmp_path):
+    """The LanguageModelSAERunnerConfig handed to sae_lens, field by field (values chosen unlike its defaults:
+    device cpu, seed 42, prepend_bos True)."""
+    import saes.train as T
+
+    model = tiny_gqa_model()
+    model.cfg.device, model.cfg.default_prepend_bos = "cuda:1", False  # only read into the config here
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class Capture:
+        def __init__(self, cfg, **kwargs):
+            seen["cfg"], seen["kwargs"] = cfg, kwargs
+            raise Stop
+
+    monkeypatch.setattr(T, "_runner_classes", lambda: (Capture, Stop))
+    with pytest.raises(Stop):
+        _train(model, corpus, tmp_path / "cfg", k=6, seed=7, lm_dtype="float32", autocast=None)
+    cfg = seen["cfg"]
+    assert (cfg.device, cfg.seed, cfg.prepend_bos) == ("cuda:1", 7, False)
+    assert cfg.hook_name == f"blocks.{LAYER}.attn.hook_z" and cfg.sae.d_in == 4 * 8 and cfg.sae.d_sae == 16 * 32
+    assert cfg.context_size == 32 and cfg.training_tokens == 4096 and cfg.train_batch_size_tokens == 256
+    assert cfg.lr == 3e-3 and cfg.is_dataset_tokenized and not cfg.streaming and not cfg.logger.log_to_wandb
+    assert cfg.autocast is False  # None resolves before the config is built (cuda:1 is not there: no bf16)
+    assert cfg.sae.reshape_activations == "hook_z" and cfg.resume_from_checkpoint is None
+    rows = seen["kwargs"]["override_dataset"]["input_ids"]
+    from saes.corpus import split_ids
+
+    train_ids, _ = split_ids(len(corpus), 0.02, seed=7)
+    assert rows == corpus[train_ids].tolist()  # exactly the training split of seed 7
+
+
+def test_the_saved_config_says_what_training_used(trained):
+    runner = json.loads((trained / "runner_cfg.json").read_text())
+    assert runner["seed"] == 0 and runner["device"] == "cpu" and runner["prepend_bos"] is True  # tiny: BOS default
+    cfg = json.loads((trained / "cfg.json").read_text())
+    assert cfg["metadata"]["prepend_bos"] is True and cfg["metadata"]["context_size"] == 32
+
+
+def test_two_runs_of_one_command_give_identical_weights(tiny, corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    runs = [_train(tiny, corpus, tmp_path / name, k=6, tokens=1024, n_checkpoints=0, seed=seed)
+            for name, seed in (("a", 1), ("b", 1), ("c", 2))]
+    a, b, c = (load_file(str(p / "sae_weights.safetensors")) for p in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["W_dec"], c["W_dec"])  # the seed matters
+
+
+def test_training_json_records_the_held_out_split(tiny, corpus, trained):
+    from saes.corpus import split_ids
+    from saes.train import contexts_fingerprint
+
+    data = json.loads((trained / "training.json").read_text())["data"]
+    train_ids, held_ids = split_ids(len(corpus), 0.02, seed=0)
+    assert data["held_out_ids"] == held_ids.tolist() and len(held_ids) == 6  # 2 % of 300
+    assert not set(data["held_out_ids"]) & set(train_ids.tolist())
+    assert data["seed"] == 0 and data["held_out_fraction"] == 0.02 and data["corpus"] == "tensor"
+    assert data["n_contexts"] == 300 and data["corpus_fingerprint"] == contexts_fingerprint(corpus)
+
+
+def test_resuming_with_another_seed_is_refused(tiny, corpus, tmp_path):
+    from sae_lens.training._interruption import InterruptedException
+
+    from interp.errors import InputError
+
+    with pytest.raises(InterruptedException):
+        _train(tiny, corpus, tmp_path / "run", k=6, stop_after_steps=2, seed=0)
+    with pytest.raises(InputError, match="trained with corpus"):
+        _train(tiny, corpus, tmp_path / "run", k=6, seed=1)
+
+
+def test_sae_eval_scores_exactly_the_training_held_out_set(tiny, corpus, tmp_path, monkeypatch, capsys):
+    """`interp sae eval` end to end (in-process, the tiny model standing in for a named one): it evaluates
+    on the context ids training.json recorded, and refuses another --seed with one line, exit 2."""
+    import interp.loading
+    import interp.model_facts
+    import saes.corpus
+    from interp.cli import main
+    from interp.model_facts import ModelFacts
+
+    monkeypatch.setattr(saes.corpus, "token_contexts", lambda model, source, **kw: corpus)
+    out = _train(tiny, "bible", tmp_path / "sae", k=6, tokens=1024, n_checkpoints=0, seed=3)
+    held = json.loads((out / "training.json").read_text())["data"]["held_out_ids"]
+    monkeypatch.setattr(interp.model_facts, "model_facts", lambda name, cache_dir=None: ModelFacts("tiny-gqa", 3, 4, 8, 128))
+    monkeypatch.setattr(interp.loading, "load_model", lambda *a, **kw: tiny)
+    capsys.readouterr()
+    code = main(["sae", "eval", "--sae", str(out), "--out", str(tmp_path / "eval"), "--contexts", "4",
+                 "--frequency-contexts", "0", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["context_ids"] == held[:4]
+    assert doc["metrics"]["n_tokens"] == 4 * 32
+    # the metrics are those of exactly these rows
+    from saes.evaluate import evaluate_sae, load_sae
+
+    expected = evaluate_sae(tiny, load_sae(out), corpus[torch.tensor(held[:4])], layer=LAYER)
+    assert doc["metrics"]["ce_loss_with_sae"] == pytest.approx(expected["ce_loss_with_sae"], rel=1e-6)
+
+    code = main(["sae", "eval", "--sae", str(out), "--out", str(tmp_path / "eval2"), "--seed", "0"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "was trained with seed 3" in lines[0]
+    assert not (tmp_path / "eval2").exists()
+
+
+def test_head_polysemanticity_hand_case():
+    """3 heads x d_head 2, five latents. Decoder blocks (rows: latents; |block| per head):
+    f0 = [3,4 | 0,0 | 0,0]   share (1, 0, 0)
+    f1 = [0,5 | 0,0 | 0,0]   share (1, 0, 0)      head 0 owns f0, f1: cos(f0, f1) = 4/5
+    f2 = [0,0 | 1,0 | 0,0]   share (0, 1, 0)
+    f3 = [0,0 | 0,2 | 0,0]   share (0, 1, 0)      head 1 owns f2, f3: orthogonal, cos 0 -> polysemantic
+    f4 = [1,0 | 0,0 | 1,0]   share (1/2, 0, 1/2)  owned (share >= 0.5) by heads 0 and 2"""
+    from types import SimpleNamespace
+
+    from saes.attribution import head_polysemanticity
+
+    W_dec = torch.tensor([[3.0, 4, 0, 0, 0, 0], [0, 5, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 2, 0, 0],
+                          [1, 0, 0, 0, 1, 0]])
+    sae = SimpleNamespace(W_dec=W_dec)
+    model = SimpleNamespace(cfg=SimpleNamespace(n_heads=3))
+    df = head_polysemanticity(sae, model, 7).df.set_index("head")
+    assert df["label"].tolist() == ["L7H0", "L7H1", "L7H2"]
+    assert df["owned_features"].tolist() == [3, 2, 1]
+    # head 0 owns f0, f1, f4: |cos| pairs (f0,f1) 4/5, (f0,f4) 3/5, (f1,f4) 0 -> mean 7/15
+    assert df.loc[0, "mean_abs_cos"] == pytest.approx(7 / 15)
+    assert df.loc[1, "mean_abs_cos"] == pytest.approx(0.0) and np.isnan(df.loc[2, "mean_abs_cos"])
+    assert df["polysemantic"].tolist() == [True, True, False]
+    # shares over the five latents: head 0 (1, 1, 0, 0, .5), head 1 (0, 0, 1, 1, 0), head 2 (0, 0, 0, 0, .5)
+    assert df["mean_share"].tolist() == pytest.approx([2.5 / 5, 2 / 5, 0.5 / 5])
+    assert df["effective_features"].tolist() == pytest.approx([2.5 ** 2 / 2.25, 2.0, 1.0])
+    # only live latents count: with f1 and f2 dead, head 0 owns f0 and f4 (cos 3/5), head 1 only f3
+    live = head_polysemanticity(sae, model, 7, alive=torch.tensor([1, 0, 0, 1, 1])).df.set_index("head")
+    assert live["owned_features"].tolist() == [2, 1, 1]
+    assert live.loc[0, "mean_abs_cos"] == pytest.approx(3 / 5) and live["polysemantic"].tolist() == [False, False, False]
