@@ -9,6 +9,7 @@ from circuits import (
     retrieval_report,
     safety_report,
     sinks_report,
+    taxonomy,
 )
 
 
@@ -26,3 +27,4 @@ def register(registry) -> None:
     registry.atlas_section("ioi", ioi_report.atlas_section)
     registry.atlas_section("retrieval", retrieval_report.atlas_section)
     registry.atlas_section("safety", safety_report.atlas_section)
+    taxonomy.register(registry)  # head types and labels for the head atlas

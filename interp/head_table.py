@@ -11,13 +11,10 @@ import pandas as pd
 import torch
 
 from interp.errors import InputError
+from interp.head_ids import head_label
 
 SCHEMA = "interp.heads/1"
 KEY_COLUMNS = ["layer", "head", "label"]
-
-
-def head_label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 def _plain(value: Any) -> Any:

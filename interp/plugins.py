@@ -18,6 +18,8 @@ class Registry:
     commands: list[tuple[str, Callable]] = field(default_factory=list)
     atlas_sections: list[tuple[str, AtlasSection]] = field(default_factory=list)
     groups: list[tuple[str, Any]] = field(default_factory=list)
+    taxonomies: list[Any] = field(default_factory=list)
+    head_labellers: list[tuple[str, Callable]] = field(default_factory=list)
 
     def command(self, name: str, fn: Callable) -> None:
         self.commands.append((name, fn))
@@ -28,6 +30,14 @@ class Registry:
 
     def atlas_section(self, name: str, fn: AtlasSection) -> None:
         self.atlas_sections.append((name, fn))
+
+    def taxonomy(self, taxonomy: Any) -> None:
+        """A head type the atlas reads off a score (`interp.head_atlas.Taxonomy`)."""
+        self.taxonomies.append(taxonomy)
+
+    def head_labeller(self, section: str, fn: Callable) -> None:
+        """Labels an atlas section gives heads directly: fn(section_json) -> list[HeadLabel]."""
+        self.head_labellers.append((section, fn))
 
 
 def load_plugins() -> Registry:

@@ -36,6 +36,7 @@ class Report:
     def __init__(self, title: str):
         self.title = title
         self.sections: list[Section] = []
+        self.footer: list[str] = []  # raw HTML appended to the body (e.g. the head cards' panel and script)
 
     def add(self, title: str, *, text: str = "", figures=(), tables=()) -> Section:
         """Add a section. `text` is HTML; `tables` are (caption, DataFrame) pairs."""
@@ -57,7 +58,7 @@ class Report:
         return (
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
             f"<style>{_STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
-            f"<body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{body}</body></html>"
+            f"<body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{body}{''.join(self.footer)}</body></html>"
         )
 
     def write(self, path: str | os.PathLike) -> Path:
