@@ -105,3 +105,153 @@ def test_smollm2_answers_a_short_needle_and_some_head_retrieves(smollm2):
     row = result.tests.iloc[0]
     assert row["recall"] > 0.5, row["answer"]
     assert result.table.df["retrieval_score"].max() > 0.1
+
+
+def _windowed_model(window: int | None = 6):
+    """A Gemma-3-like tiny model: local (sliding-window) and global layers, rotary, GQA, random weights
+    (window None: the same weights with every layer global)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        d_model=32, d_head=8, n_layers=3, n_heads=4, n_key_value_heads=2, d_mlp=64, n_ctx=64, d_vocab=97,
+        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
+        final_rms=True, seed=11, model_name="tiny-windowed", device="cpu",
+        use_local_attn=window is not None, attn_types=["local", "global", "local"] if window else None,
+        window_size=window)
+    model = HookedTransformer(cfg)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.W_Q.mul_(8.0)
+            block.attn._W_K.mul_(8.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "kernels"])
+def test_sliding_window_decoding_matches_tl_uncached_forward(attention):
+    """Prefill of 16 tokens and 12 decoding steps, window 6 (far shorter than the prompt), against
+    TransformerLens' own uncached forward with its local-attention mask, position by position."""
+    from interp.kernel_attention import layer_windows
+
+    model = _windowed_model()
+    assert layer_windows(model) == [6, None, 6]
+    tokens = random_prompts([28], seed=7)[0][None]
+    cache = R.new_cache(model, reserve=16)
+    with torch.no_grad():
+        ref = model(tokens)[0]
+        prefill = R.run_cached(model, tokens[:, :16], cache, attention=attention, last_only=False)[0]
+        torch.testing.assert_close(prefill, ref[:16], atol=1e-4, rtol=1e-4)
+        for i in range(16, 28):
+            step = R.run_cached(model, tokens[:, i:i + 1], cache, attention=attention)[0]
+            torch.testing.assert_close(step, ref[i], atol=1e-4, rtol=1e-4)
+        # the window matters: the same weights with global attention everywhere give other logits
+        assert (_windowed_model(None)(tokens)[0, 16:] - ref[16:]).abs().max() > 1e-2
+
+
+def test_sliding_window_top1_keys_match_tl_pattern():
+    model = _windowed_model()
+    prompt = random_prompts([20], seed=8)[0]
+    dec = R.decode_with_top1(model, prompt, max_new_tokens=5)
+    full = torch.cat([prompt, torch.tensor(dec.tokens[:-1])])[None]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(full, names_filter=lambda n: n.endswith("hook_pattern"))
+    for s in range(5):
+        q = prompt.numel() - 1 + s
+        for layer in range(3):
+            tl = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, q].argmax(-1)
+            assert torch.equal(tl, dec.top1[s, layer])
+            if layer != 1:  # local layers: the top key lies inside the window
+                assert int(dec.top1[s, layer].min()) > q - 6
+
+
+class WordTokenizer:
+    """Token i reads as the word "w{i}": decoded answers are real words for ROUGE, and no token ends a turn."""
+
+    eos_token_id = pad_token_id = bos_token_id = None
+    unk_token_id = 0
+    padding_side = "right"
+
+    def __len__(self):
+        return 97
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(f"w{int(i)}" for i in ids)
+
+    def convert_tokens_to_ids(self, token):
+        return self.unk_token_id
+
+    def convert_ids_to_tokens(self, ids):
+        return [f"w{int(i)}" for i in ids]
+
+    def convert_tokens_to_string(self, tokens):
+        return " ".join(tokens)
+
+
+def _greedy_reference(model, prompt, n, masked=()):
+    """n greedy tokens from TL's uncached forward, each masked head's rotated query zeroed by a hook of our own."""
+    def zero(head):
+        def hook(q, hook):
+            q = q.clone()
+            q[:, :, head] = 0.0
+            return q
+        return hook
+
+    hooks = [(f"blocks.{l}.attn.hook_rot_q", zero(h)) for l, h in masked]
+    seq = prompt.tolist()
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model.run_with_hooks(torch.tensor(seq)[None], fwd_hooks=hooks)[0, -1].argmax()))
+    return seq[prompt.numel():]
+
+
+def _needle(prompt, answer):
+    return R.NeedleTest(prompt, (2, 5), "needle", "question?", answer, prompt.numel(), 0.5)
+
+
+@pytest.fixture()
+def worded():
+    model = tiny_gqa_model(seed=3)
+    model.tokenizer = WordTokenizer()
+    return model
+
+
+def test_needle_accuracy_is_rouge1_recall_of_the_greedy_answer(worded):
+    """Answers built from the tokens the model will generate: 3 of 4 answer words recalled -> 0.75 (passes),
+    2 of 4 -> 0.5 (does not: a test passes above 0.5)."""
+    prompts = random_prompts([14, 18], seed=12)
+    firsts = []
+    for p in prompts:
+        generated = _greedy_reference(worded, p, 6)
+        firsts.append(list(dict.fromkeys(generated))[:3])  # distinct generated words, in order
+    assert all(len(f) == 3 for f in firsts)
+    tests = [_needle(prompts[0], " ".join(f"w{t}" for t in firsts[0]) + " absent"),
+             _needle(prompts[1], " ".join(f"w{t}" for t in firsts[1][:2]) + " missing words")]
+    acc = R.needle_accuracy(worded, tests, max_new_tokens=6)
+    assert acc["recall"].tolist() == [0.75, 0.5] and acc["passed"].tolist() == [True, False]
+    assert acc["answer"].tolist() == [" ".join(f"w{t}" for t in _greedy_reference(worded, p, 6)) for p in prompts]
+
+
+def test_masking_experiment_masks_the_right_heads_and_scores_their_answers(worded):
+    import pandas as pd
+
+    from interp.head_table import HeadTable
+
+    prompts = random_prompts([12, 15, 17], seed=21)
+    tests = [_needle(p, " ".join(f"w{t}" for t in _greedy_reference(worded, p, 4))) for p in prompts]
+    scores = torch.linspace(1.0, 0.0, 12).reshape(3, 4)[:, torch.tensor([2, 0, 3, 1])]  # a known order
+    table = HeadTable.from_arrays({"retrieval_score": scores}, model="tiny-gqa")
+    runs = R.masking_experiment(worded, tests, table, ks=[2], draws=3, seed=5, max_new_tokens=4)
+    assert runs[["k", "masked", "draw"]].values.tolist() == [[0, "none", 0], [2, "top retrieval", 0],
+                                                             [2, "random", 0], [2, "random", 1], [2, "random", 2]]
+    ranked = table.df.sort_values("retrieval_score", ascending=False)
+    top = [f"L{l}H{h}" for l, h in zip(ranked["layer"], ranked["head"])][:2]
+    assert runs.loc[1, "heads"].split(",") == top == ["L0H1", "L0H3"]
+    for row in runs.itertuples():
+        heads = [tuple(map(int, x[1:].split("H"))) for x in row.heads.split(",")] if row.heads else []
+        if row.masked == "random":
+            assert len(set(heads)) == 2 and not {f"L{l}H{h}" for l, h in heads} & set(top)
+        recalls = [R.rouge1_recall(t.answer, " ".join(f"w{x}" for x in _greedy_reference(worded, t.tokens, 4, heads)))
+                   for t in tests]
+        assert row.recall == pytest.approx(sum(recalls) / len(recalls), abs=1e-12)
+        assert row.pass_rate == pytest.approx(sum(r > 0.5 for r in recalls) / len(recalls), abs=1e-12)
+    assert runs.loc[0, "recall"] == 1.0  # unmasked, the answers are what the model says
+    assert (runs["recall"] < 1.0).any()  # and masking changes some answer
