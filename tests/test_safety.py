@@ -141,3 +141,83 @@ def test_smollm2_ships_matches_run_with_hooks(smollm2):
                 other = torch.log_softmax(smollm2.run_with_hooks(t, fwd_hooks=hooks)[0, -1].double(), -1)
                 ref = float((base.exp() * (base - other)).sum())
                 assert result.per_prompt[i, layer, head] == pytest.approx(ref, rel=2e-3, abs=1e-6)
+
+
+def _final_reference(model, heads):
+    """[prompt, d_model] last-token ln_final outputs from TL's uncached forward, prompt by prompt, the heads'
+    queries scaled by 1e-5 (before rotary: the same linear map), float64."""
+    hooks = [_scale_head(f"blocks.{l}.attn.hook_q", h, 1e-5) for l, h in heads]
+    rows = []
+    with torch.no_grad():
+        for p in PROMPTS:
+            with model.hooks(fwd_hooks=hooks):
+                _, cache = model.run_with_cache(torch.tensor(p)[None], names_filter=f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+            rows.append(model.ln_final(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][:, -1:])[0, 0])
+    return torch.stack(rows).double().numpy()
+
+
+def _angle_reference(a, b):
+    """Degrees between the top left singular vectors of a and b (numpy's SVD)."""
+    import numpy as np
+
+    u1, u2 = np.linalg.svd(a)[0][:, 0], np.linalg.svd(b)[0][:, 0]
+    return float(np.degrees(np.arccos(min(1.0, abs(float(u1 @ u2))))))
+
+
+def test_sahara_greedy_search_matches_an_independent_computation(tiny):
+    candidates = [(0, 1), (0, 2), (1, 0), (1, 3), (2, 2)]
+    base = S.base_run(tiny, S.token_batch(PROMPTS))
+    found = S.sahara(tiny, base, steps=2, candidates=candidates)
+    clean = _final_reference(tiny, [])
+    np_base = base.final.double().numpy()
+    assert abs(np_base - clean).max() < 1e-4  # the base run's representations are TL's
+    first = {c: _angle_reference(clean, _final_reference(tiny, [c])) for c in candidates}
+    best1 = max(first, key=first.get)
+    second = {c: _angle_reference(clean, _final_reference(tiny, [best1, c])) for c in candidates if c != best1}
+    best2 = max(second, key=second.get)
+    assert [(r.layer, r.head) for r in found.itertuples()] == [best1, best2]
+    assert found["angle"].tolist() == pytest.approx([first[best1], second[best2]], rel=1e-3, abs=1e-4)
+    assert found["set"].tolist() == [f"L{best1[0]}H{best1[1]}", f"L{best1[0]}H{best1[1]},L{best2[0]}H{best2[1]}"]
+    assert first[best1] > 0.1  # the search has something to find on this model
+
+
+def test_refusal_check_ablates_the_ranked_heads_and_counts_refusals(tiny, monkeypatch):
+    """generate() replaced by a rule with known answers: harmful prompts 0-2 are refused unless L2H1 is
+    ablated; harmless ones are all refused exactly when L0H0 is ablated. The rates follow by hand."""
+    import pandas as pd
+
+    from interp.head_table import HeadTable
+
+    calls = []
+
+    def fake_generate(model, prompts, *, heads=(), ablation, scale, max_new_tokens, **kw):
+        calls.append((list(heads), ablation, scale, max_new_tokens))
+        if prompts[0].startswith("harmful"):
+            return ["Sure." if (2, 1) in heads or i == 3 else "I'm sorry, I can't." for i in range(len(prompts))]
+        return ["I cannot do that." if (0, 0) in heads else "Sure, here it is." for _ in prompts]
+
+    monkeypatch.setattr(S, "generate", fake_generate)
+    ships = torch.zeros(3, 4)
+    ships[2, 1], ships[1, 0], ships[0, 3] = 3.0, 2.0, 1.0
+    table = HeadTable.from_arrays({"ships": ships}, model="tiny-gqa")
+    harmful, harmless = [f"harmful {i}" for i in range(4)], [f"harmless {i}" for i in range(4)]
+    checks, answers = S.refusal_check(tiny, table, ks=(1, 3), draws=2, seed=0, harmful=harmful, harmless=harmless,
+                                      max_new_tokens=7, ablation="output", scale=0.5)
+    assert answers["harmful"] == ["I'm sorry, I can't."] * 3 + ["Sure."] and answers["harmless"] == ["Sure, here it is."] * 4
+    assert all(c[1:] == ("output", 0.5, 7) for c in calls) and len(calls) == 2 * 7  # 7 runs x 2 sets
+    rows = checks.set_index(["k", "ablated", "draw", "set"])
+    assert rows.loc[(0, "none", 0, "harmful"), "refusal_rate"] == 0.75
+    assert rows.loc[(0, "none", 0, "harmless"), "refusal_rate"] == 0.0
+    assert rows.loc[(1, "top ships", 0, "harmful"), "heads"] == "L2H1"
+    assert rows.loc[(1, "top ships", 0, "harmful"), "refusal_rate"] == 0.0
+    assert rows.loc[(3, "top ships", 0, "harmful"), "heads"] == "L2H1,L1H0,L0H3"
+    for row in checks[checks["ablated"] == "random"].itertuples():
+        heads = row.heads.split(",")
+        top = ["L2H1", "L1H0", "L0H3"][: row.k]
+        assert len(set(heads)) == row.k and not set(heads) & set(top)  # k other heads
+        if row.set == "harmful":  # L2H1 is never drawn (it is in every top k)
+            assert row.refusal_rate == 0.75
+        else:
+            assert row.refusal_rate == (1.0 if "L0H0" in heads else 0.0)
+    assert len(checks) == 2 * (1 + 2 * (1 + 2))  # (none + per k: top + 2 draws) x 2 sets
+    assert isinstance(checks, pd.DataFrame)
