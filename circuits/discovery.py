@@ -17,13 +17,19 @@ r = n_heads / n_kv_heads); patching an edge into it changes the keys or values a
 exactly as in the model. Without GQA (n_kv_heads = n_heads) the names are auto-circuit's
 "A{l}.{h}.K" / "A{l}.{h}.V". Query inputs are per query head.
 
-EAP (Syed et al. 2023): score(u → v) = Σ_prompts,positions (ablated_u − clean_u) · ∂metric/∂input_v
-on the clean run, averaged over prompts: one clean forward + backward for every edge at once. The
+EAP (Syed et al. 2023): score(u → v) = Σ_prompts,positions (clean_u − ablated_u) · ∂metric/∂input_v
+on the clean run, averaged over prompts (for logit_diff; for the kl metric, a cost, the sign is the
+opposite), so a score is positive when the edge helps: the first-order loss when it is ablated: one clean forward + backward for every edge at once. The
 input gradients come from hook_q/k/v and hook_mlp_in gradients: ∂m/∂input of head h's query =
 LN1ᵀ(∂m/∂q_h · W_Q[h]ᵀ) (the norm's vector-Jacobian product at that layer's residual), so no split
 copies are needed in the backward pass. EAP-IG (Hanna et al. 2024): the gradient is averaged over
 m points (default 5) with input embeddings ablated + (k/m)(clean − ablated), k = 1 … m.
 Ablation values (interp.patching): mean over the corrupted prompts of the same group by default.
+
+Faithfulness (MIB, Mueller et al. 2025): f(C) = (m(C) − m(∅)) / (m(full) − m(∅)) with m the mean
+logit difference, ∅ the empty circuit (every edge, or every head, ablated). `discover` selects a
+circuit on one prompt set and measures every reported faithfulness on `eval_pairs` when given
+(rows carry "split": "select" or "eval"). `mib_summary` gives MIB's CPR and CMD of a curve.
 """
 from __future__ import annotations
 
@@ -290,7 +296,7 @@ def run_with_edges(model: HookedTransformer, graph: Graph, part: PromptPairs, ab
 @dataclass
 class Attribution:
     """Edge scores from EAP / EAP-IG: scores [n_src, n_dst] (mean over prompts of the first-order
-    change of the metric when the edge is ablated; 0 where no edge exists)."""
+    loss of the metric when the edge is ablated: positive when the edge helps; 0 where no edge exists)."""
 
     graph: Graph
     scores: torch.Tensor
@@ -300,22 +306,23 @@ class Attribution:
     clean_metric: float
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def ranked_edges(self) -> torch.Tensor:
-        """Every existing edge as (src, dst) rows [n_edges, 2], by |score| descending."""
+    def ranked_edges(self, absolute: bool = True) -> torch.Tensor:
+        """Every existing edge as (src, dst) rows [n_edges, 2], by |score| (or score) descending."""
         src, dst = self.graph.allowed.nonzero(as_tuple=True)
-        order = self.scores[src, dst].abs().argsort(descending=True, stable=True)
+        values = self.scores[src, dst]
+        order = (values.abs() if absolute else values).argsort(descending=True, stable=True)
         return torch.stack([src[order], dst[order]], 1)
 
-    def top_mask(self, k: int) -> torch.Tensor:
-        """Bool [n_src, n_dst]: the k edges of largest |score|."""
-        top = self.ranked_edges()[:k]
+    def top_mask(self, k: int, absolute: bool = True) -> torch.Tensor:
+        """Bool [n_src, n_dst]: the k edges of largest |score| (or largest score)."""
+        top = self.ranked_edges(absolute)[:k]
         mask = torch.zeros_like(self.graph.allowed)
         mask[top[:, 0], top[:, 1]] = True
         return mask
 
     def head_scores(self) -> torch.Tensor:
         """Node attribution of each head's output [layer, head]: Σ over its outgoing edges (the
-        first-order effect of ablating the head's whole output)."""
+        first-order loss of the metric when the head's whole output is ablated; positive = helps)."""
         g = self.graph
         rows = [[g.head_src(l, h) for h in range(g.n_heads)] for l in range(g.n_layers)]
         return self.scores.sum(1)[torch.tensor(rows)]
@@ -376,7 +383,8 @@ def _batch_scores(model, graph: Graph, part: PromptPairs, abl: Ablation, method:
             run = clean if a == 1.0 else _grad_run(model, graph, part, abl, a, metric, clean["logprobs"])
             grads += run["grads"] / len(alphas)
     deltas = _deltas(model, graph, abl, clean)  # [n_src, B, P, d]
-    scores = deltas.flatten(1) @ grads.flatten(1).T
+    sign = 1.0 if metric == "kl" else -1.0  # positive = helps: −Δlogit diff, +ΔKL when the edge is ablated
+    scores = sign * (deltas.flatten(1) @ grads.flatten(1).T)
     return scores.cpu().double(), float(clean["metric"].sum())
 
 
@@ -421,10 +429,21 @@ def _grad_run(model, graph: Graph, part: PromptPairs, abl: Ablation, alpha: floa
             logprobs = logits.detach().float().log_softmax(-1)
             values = metric_per_prompt(metric, logits, part, clean_logprobs if clean_logprobs is not None else logprobs)
             names = [(n, l) for l in range(cfg.n_layers) for n in ("q", "k", "v", "mlp_in")]
-            got = torch.autograd.grad(values.sum(), [acts[k] for k in names] + [end], allow_unused=True)
+            live = [k for k in names if acts[k].requires_grad]  # a detached activation is a bypassed hook
+            found = torch.autograd.grad(values.sum(), [acts[k] for k in live] + [end], allow_unused=True)
+            by_name = dict(zip(live, found))
+            got = [by_name.get(k) for k in names] + [found[-1]]
     finally:
         cfg.use_hook_mlp_in = saved
-    g = {k: (v if v is not None else torch.zeros_like(acts[k])) for k, v in zip(names, got)}
+    hook_of = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "mlp_in": "hook_mlp_in"}
+    missing = [f"blocks.{l}.{hook_of[n]}" for (n, l), v in zip(names, got) if v is None]
+    if got[-1] is None:
+        missing.append(f"blocks.{cfg.n_layers - 1} output (the final residual)")
+    if missing:  # a hook the metric does not depend on: the model bypasses it, so its edge scores would be 0
+        raise RuntimeError(f"EAP: no gradient reaches {', '.join(missing[:4])}"
+                           f"{f' and {len(missing) - 4} more' if len(missing) > 4 else ''}; the model's forward "
+                           "bypasses these hook points, so their edges cannot be attributed")
+    g = dict(zip(names, got))
     grads = torch.zeros(graph.n_dst, *part.clean.shape, cfg.d_model, device=dev, dtype=cfg.dtype)
     for l in range(cfg.n_layers):
         attn, x = model.blocks[l].attn, acts[("resid", l)].detach()
@@ -436,7 +455,7 @@ def _grad_run(model, graph: Graph, part: PromptPairs, abl: Ablation, alpha: floa
         grads[list(graph.k_dsts(l))] = k.permute(2, 0, 1, 3)
         grads[list(graph.v_dsts(l))] = v.permute(2, 0, 1, 3)
         grads[graph.mlp_dst(l)] = g[("mlp_in", l)]
-    grads[graph.end_dst] = got[-1] if got[-1] is not None else 0.0
+    grads[graph.end_dst] = got[-1]
     out = {"grads": grads, "metric": values.detach(), "logprobs": logprobs}
     if want_outputs:
         out["embed"] = outputs[("embed", 0)]
@@ -504,36 +523,109 @@ def size_grid(n: int, points: int = 12, start: int = 1) -> list[int]:
     return sorted(s for s in sizes if start <= s <= n) if n in sizes else sorted(sizes | {n})
 
 
+# MIB's circuit sizes, as fractions of the scored items (edges, or heads at node level), and its
+# integration rule: MIB-circuit-track, MIB_circuit_track/evaluation.py, evaluate_area_under_curve
+# (percentages = (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1); k = int(pct · n); trapezoids on the
+# linear fraction axis, log_scale=False as run_evaluation.py calls it; CPR = area under the
+# faithfulness curve, from the signed ranking (abs=False); CMD = area of |1 − faithfulness|, from the
+# ranking by |score| (abs=True), as print_results.py picks the abs-False / abs-True runs).
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def mib_sizes(n: int) -> list[int]:
+    """MIB's circuit sizes for n scored items: int(fraction · n) for each of MIB_FRACTIONS."""
+    return [int(f * n) for f in MIB_FRACTIONS]
+
+
+def mib_area(values: Sequence[float], *, from_one: bool) -> float:
+    """MIB's trapezoidal area over MIB_FRACTIONS: of the faithfulness values (CPR) or of |1 − value| (CMD)."""
+    if len(values) != len(MIB_FRACTIONS):
+        raise InputError(f"a MIB curve has {len(MIB_FRACTIONS)} points, got {len(values)}")
+    y = [abs(1.0 - v) for v in values] if from_one else list(values)
+    x = MIB_FRACTIONS
+    return sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1))
+
+
+def faithfulness(value: float, full: float, empty: float) -> float:
+    """(m(C) − m(∅)) / (m(full) − m(∅)); NaN when the full and the empty model score the same."""
+    gap = full - empty
+    return (value - empty) / gap if abs(gap) > 1e-12 else float("nan")
+
+
 def edge_curve(model, attribution: Attribution, pairs: PromptPairs, abl: Ablation,
-               sizes: Sequence[int], batch_size: int = 16) -> list[dict[str, float]]:
-    """Faithfulness by edges kept: the top-k edges by |score|, every other edge ablated.
-    value = logit diff of that circuit / the full model's."""
+               sizes: Sequence[int], batch_size: int = 16, *, absolute: bool = True,
+               split: str = "select") -> list[dict[str, float]]:
+    """Faithfulness by edges kept: the top-k edges (by |score|, or by score with absolute=False),
+    every other edge ablated, on `pairs`. Row: kind "edges", n_edges, n_heads, value (normalised
+    faithfulness, module doc), ratio (m(C) / m(full)), logit_diff, split."""
     full = _mean_logit_diff(model, pairs)
+    graph = attribution.graph
+    empty = edge_circuit_metric(model, graph, pairs, abl, torch.zeros_like(graph.allowed), "logit_diff",
+                                batch_size=batch_size)
     rows = []
     for k in sizes:
-        keep = attribution.top_mask(k)
-        value = edge_circuit_metric(model, attribution.graph, pairs, abl, keep, "logit_diff", batch_size=batch_size)
-        rows.append({"kind": "edges", "n_edges": int(k), "n_heads": len(_heads_in(attribution.graph, keep)),
-                     "value": value / full, "logit_diff": value})
+        keep = attribution.top_mask(k, absolute=absolute)
+        value = edge_circuit_metric(model, graph, pairs, abl, keep, "logit_diff", batch_size=batch_size)
+        rows.append({"kind": "edges", "n_edges": int(k), "n_heads": len(_heads_in(graph, keep)),
+                     "value": faithfulness(value, full, empty), "ratio": value / full, "logit_diff": value,
+                     "split": split})
     return rows
 
 
 def head_curve(model, ranking: Sequence[tuple[int, int]], pairs: PromptPairs, abl: Ablation,
-               sizes: Sequence[int], graph: Graph | None = None, batch_size: int = 32) -> list[dict[str, float]]:
+               sizes: Sequence[int], graph: Graph | None = None, batch_size: int = 32, *,
+               split: str = "select") -> list[dict[str, float]]:
     """Faithfulness by heads kept: the first k heads of `ranking` kept, every other head's output
-    ablated (MLPs kept). value = logit diff / the full model's."""
+    ablated (MLPs kept), on `pairs`. value = (m(C) − m(no head)) / (m(full) − m(no head)); ratio = m(C) / m(full)."""
     cfg = model.cfg
     graph = graph or build_graph(model)
     full = _mean_logit_diff(model, pairs)
+    none = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.bool)
+    empty = head_circuit_metric(model, pairs, abl, none, "logit_diff", batch_size=batch_size)
     rows = []
     for k in sizes:
-        kept = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.bool)
+        kept = none.clone()
         for l, h in ranking[:k]:
             kept[l, h] = True
-        value = head_circuit_metric(model, pairs, abl, kept, "logit_diff", batch_size=batch_size)
+        value = empty if k == 0 else head_circuit_metric(model, pairs, abl, kept, "logit_diff", batch_size=batch_size)
         rows.append({"kind": "heads", "n_heads": int(k), "n_edges": _edges_among_heads(graph, kept),
-                     "value": value / full, "logit_diff": value})
+                     "value": faithfulness(value, full, empty), "ratio": value / full, "logit_diff": value,
+                     "split": split})
     return rows
+
+
+def mib_summary(model, pairs: PromptPairs, abl: Ablation, *, edge_scores: Attribution | None = None,
+                head_scores: torch.Tensor | None = None, batch_size: int = 16) -> dict[str, Any]:
+    """MIB's circuit-track summaries on `pairs` (the held-out prompts): the faithfulness curves at
+    MIB's sizes (fractions of edges, or of heads for node-level `head_scores` [layer, head]), CPR
+    (signed ranking) and CMD (|score| ranking). → {"level", "n_items", "fractions", "sizes",
+    "signed", "absolute" (faithfulness lists), "cpr", "cmd"}."""
+    if (edge_scores is None) == (head_scores is None):
+        raise InputError("mib_summary needs edge scores or head scores (one of them)")
+    out: dict[str, Any] = {"fractions": list(MIB_FRACTIONS)}
+    if edge_scores is not None:
+        n = edge_scores.graph.n_edges
+        sizes = mib_sizes(n)
+        for absolute in (False, True):  # the last size is the whole graph: the full model, faithfulness 1
+            rows = edge_curve(model, edge_scores, pairs, abl, sizes[:-1], batch_size, absolute=absolute, split="eval")
+            out["absolute" if absolute else "signed"] = [r["value"] for r in rows] + [1.0]
+        out.update(level="edges", n_items=n)
+    else:
+        cfg = model.cfg
+        n = cfg.n_layers * cfg.n_heads
+        sizes = mib_sizes(n)
+        graph = build_graph(model)
+        flat = head_scores.flatten()
+        for absolute in (False, True):
+            order = (flat.abs() if absolute else flat).argsort(descending=True, stable=True)
+            ranking = [divmod(int(i), cfg.n_heads) for i in order]
+            rows = head_curve(model, ranking, pairs, abl, sizes, graph, batch_size=2 * batch_size, split="eval")
+            out["absolute" if absolute else "signed"] = [r["value"] for r in rows]
+        out.update(level="heads", n_items=n)
+    out["sizes"] = sizes
+    out["cpr"] = mib_area(out["signed"], from_one=False)
+    out["cmd"] = mib_area(out["absolute"], from_one=True)
+    return out
 
 
 def _mean_logit_diff(model, pairs: PromptPairs) -> float:
@@ -639,40 +731,58 @@ def acdc(model: HookedTransformer, attribution: Attribution, pairs: PromptPairs,
 
 
 def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task", method: str = "eap",
-             metric: str = "logit_diff", ablation: str = "mean", steps: int = 5, target: float = 0.8,
+             metric: str = "logit_diff", ablation: str | Ablation = "mean", eval_pairs: PromptPairs | None = None,
+             eval_ablation: str | Ablation | None = None, steps: int = 5, target: float = 0.8,
              acdc_candidates: int = 200, tau: float = 0.01, acdc_metric: str = "kl", acdc_prompts: int = 16,
-             curve_points: int = 10,
+             curve_points: int = 10, head_sizes: Sequence[int] | None = None,
              max_curve_heads: int | None = None, edge_curves: bool = True, head_ranking: str = "mask-ig",
              batch_size: int = 16, seed: int = 0, progress: bool = False) -> tuple[Circuit, dict[str, Any]]:
-    """Find the circuit for a task and measure its faithfulness.
+    """Find a task's circuits on `pairs` (the selection prompts) and measure their faithfulness on
+    `eval_pairs` (held-out prompts; without them the selection prompts, and rows say split "select").
 
-    method: "eap" / "eap-ig" score every edge; "acdc" prunes the EAP-IG proposal with real forward
-    passes (on the first `acdc_prompts` prompts, metric `acdc_metric`: KL to the clean model by
-    default, as Conmy et al.); "patching" ranks heads by exact activation patching (no edge scores). The edge curve
-    keeps top-|score| edges; the head curve keeps the top heads (MLPs intact), the rest ablated,
-    ranked by `head_ranking`: "mask-ig" (integrated gradients on a head-output mask from all heads
-    ablated to none, `head_mask_ig`; default) or "score" (|node score| of the method). The circuit: the edges of the smallest edge-curve point reaching `target` (the
-    ACDC result for acdc) and, as nodes, the heads of the smallest head-curve point reaching it
-    (the largest point when none does). `edge_curves=False` skips the edge curve (and keeps the
-    top 1 % of edges). Returns (Circuit, details with the raw scores)."""
+    method: "eap" / "eap-ig" score every edge with `metric` (EAP refuses kl: its gradient at the
+    clean run is zero; EAP-IG on kl works, its path starts at the ablated input); "acdc" prunes the
+    EAP-IG proposal with real forward passes (first `acdc_prompts` prompts, metric `acdc_metric`);
+    "patching" scores heads by exact activation patching (no edges).
+
+    Two circuits, each faithful on its own terms:
+    - the head circuit (returned; kind "heads", no edges): the first k heads of `head_ranking`
+      ("mask-ig": integrated gradients on a head-output mask, `head_mask_ig`; "score": the method's
+      head scores), every other head ablated, MLPs intact; k the smallest size of `head_sizes`
+      (default: a log grid of `curve_points` sizes plus every 2 % of heads up to 15 %) whose selection-split faithfulness reaches `target` (the largest size when none does);
+    - the edge circuit (details["edge_circuit"]; kind "edges", nodes = its edges' endpoints): the
+      smallest top-|score| edge set reaching `target` on the selection split (the ACDC result for
+      acdc); None for patching.
+    Faithfulness is MIB's normalised (m(C) − m(∅)) / (m(full) − m(∅)) of the logit difference.
+    Returns (head circuit, details: head_scores (positive = helps), ranking, head_circuit (the
+    chosen selection row), held_out (the chosen circuits' held-out rows), attribution, edge_circuit)."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if head_ranking not in ("mask-ig", "score"):
         raise InputError(f"head_ranking must be mask-ig or score, got {head_ranking!r}")
     check_metric(metric)
-    check_ablation(ablation)
+    if method == "eap" and metric == "kl":
+        raise InputError("EAP with the kl metric is degenerate (KL to the clean model has zero gradient at the clean "
+                         "run, so every score is 0); use --metric logit_diff, or method eap-ig / acdc")
+    if not isinstance(ablation, Ablation):
+        check_ablation(ablation)
     cfg = model.cfg
     graph = build_graph(model)
-    abl = ablation_values(model, pairs, ablation, seed=seed)
-    details: dict[str, Any] = {"graph_edges": graph.n_edges, "n_prompts": len(pairs), "ablation": ablation}
+    abl = ablation if isinstance(ablation, Ablation) else ablation_values(model, pairs, ablation, seed=seed)
+    held_out = eval_pairs is not None
+    ev_pairs = eval_pairs if held_out else pairs
+    ev_abl = abl if not held_out else (eval_ablation if isinstance(eval_ablation, Ablation) else ablation_values(
+        model, eval_pairs, eval_ablation or abl.kind, seed=seed))
+    ev_split = "eval" if held_out else "select"
+    details: dict[str, Any] = {"graph_edges": graph.n_edges, "n_prompts": len(pairs), "ablation": abl.kind,
+                               "n_eval_prompts": len(ev_pairs), "held_out": held_out, "metric": metric}
     attribution = None
     if method == "patching":
         patched = patch_heads(model, pairs, metric=metric, ablation=abl, batch_size=batch_size, progress=progress)
         head_scores = patched["effect"].view(cfg.n_layers, cfg.n_heads)
     else:
         attr_method = "eap-ig" if method == "acdc" else method
-        attr_metric = metric if not (attr_method == "eap" and metric == "kl") else "logit_diff"
-        attribution = attribute(model, pairs, method=attr_method, metric=attr_metric, ablation=abl, steps=steps,
+        attribution = attribute(model, pairs, method=attr_method, metric=metric, ablation=abl, steps=steps,
                                 batch_size=batch_size, seed=seed, progress=progress)
         head_scores = attribution.head_scores()
     details["head_scores"] = head_scores
@@ -681,20 +791,36 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
         order = rank_scores.flatten().argsort(descending=True, stable=True)  # most helpful first
         details["head_rank_scores"] = rank_scores
     else:
-        order = head_scores.flatten().abs().argsort(descending=True, stable=True)
+        order = head_scores.flatten().argsort(descending=True, stable=True)  # positive = helps: most helpful first
     ranking = [divmod(int(i), cfg.n_heads) for i in order]
-    n_heads_max = max_curve_heads or cfg.n_layers * cfg.n_heads
-    head_sizes = sorted(set(size_grid(n_heads_max, curve_points)) | {0})
-    curve = head_curve(model, ranking, pairs, abl, head_sizes, graph, batch_size=2 * batch_size)
-    edges: list[Edge] = []
+    n_all = cfg.n_layers * cfg.n_heads
+    n_heads_max = max_curve_heads or n_all
+    if head_sizes is None:
+        step = max(1, round(0.02 * n_all))
+        head_sizes = set(size_grid(n_heads_max, curve_points)) | set(range(0, int(0.15 * n_all) + 1, step))
+    head_sizes = sorted({int(k) for k in head_sizes if 0 <= int(k) <= n_heads_max} | {0})
+    select_rows = head_curve(model, ranking, pairs, abl, head_sizes, graph, batch_size=2 * batch_size, split="select")
+    chosen_heads = smallest_reaching(select_rows, target) or select_rows[-1]
+    eval_rows = head_curve(model, ranking, ev_pairs, ev_abl, head_sizes, graph, batch_size=2 * batch_size,
+                           split=ev_split) if held_out else []
+    k_heads = int(chosen_heads["n_heads"])
+    nodes = [f"A{l}.{h}" for l, h in sorted(ranking[:k_heads])]
+    held = {"heads": next((r for r in eval_rows if r["n_heads"] == k_heads), chosen_heads)}
+    details.update(head_circuit=chosen_heads, ranking=ranking, head_curve_select=select_rows, head_curve_eval=eval_rows)
+    edge_circuit = None
+    edge_rows: list[dict] = []
     if attribution is not None:
         details["attribution"] = attribution
         if edge_curves or method == "acdc":
             edge_sizes = size_grid(graph.n_edges, curve_points, start=10)
-            edge_rows = edge_curve(model, attribution, pairs, abl, edge_sizes, batch_size=batch_size)
-            curve = edge_rows + curve
-            chosen = smallest_reaching(edge_rows, target) or edge_rows[-1]
+            sel_edges = edge_curve(model, attribution, pairs, abl, edge_sizes, batch_size=batch_size, split="select")
+            chosen = smallest_reaching(sel_edges, target) or sel_edges[-1]
             keep = attribution.top_mask(int(chosen["n_edges"]))
+            edge_rows = sel_edges
+            if held_out:
+                edge_rows = sel_edges + edge_curve(model, attribution, ev_pairs, ev_abl, edge_sizes,
+                                                   batch_size=batch_size, split="eval")
+            held["edges"] = next(r for r in edge_rows if r["split"] == ev_split and r["n_edges"] == chosen["n_edges"])
         else:
             keep = attribution.top_mask(max(1, graph.n_edges // 100))
         if method == "acdc":
@@ -703,21 +829,27 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
             result = acdc(model, attribution, sub, sub_abl, n_candidates=acdc_candidates, tau=tau,
                           metric=acdc_metric, progress=progress)
             keep = result["keep"]
-            value = edge_circuit_metric(model, graph, pairs, abl, keep, "logit_diff", batch_size=batch_size)
-            result["faithfulness"] = value / _mean_logit_diff(model, pairs)
+            full = _mean_logit_diff(model, ev_pairs)
+            empty = edge_circuit_metric(model, graph, ev_pairs, ev_abl, torch.zeros_like(graph.allowed), "logit_diff",
+                                        batch_size=batch_size)
+            value = edge_circuit_metric(model, graph, ev_pairs, ev_abl, keep, "logit_diff", batch_size=batch_size)
+            result["faithfulness"] = faithfulness(value, full, empty)
             details["acdc"] = {k: v for k, v in result.items() if k != "keep"}
-            curve.append({"kind": "acdc", "n_edges": result["n_kept"], "n_heads": len(_heads_in(graph, keep)),
-                          "value": result["faithfulness"], "logit_diff": value})
+            held["edges"] = {"kind": "acdc", "n_edges": result["n_kept"], "n_heads": len(_heads_in(graph, keep)),
+                             "value": result["faithfulness"], "ratio": value / full, "logit_diff": value,
+                             "split": ev_split}
+            edge_rows.append(held["edges"])
         src, dst = keep.nonzero(as_tuple=True)
         scores = attribution.scores[src, dst]
         order = scores.abs().argsort(descending=True)
         edges = [Edge(graph.src_names[src[i]], graph.dst_names[dst[i]], float(scores[i])) for i in order.tolist()]
-    head_rows = [r for r in curve if r["kind"] == "heads"]
-    chosen_heads = smallest_reaching(head_rows, target) or head_rows[-1]
-    nodes = [f"A{l}.{h}" for l, h in sorted(ranking[: int(chosen_heads["n_heads"])])]
-    details.update(head_circuit=chosen_heads, ranking=ranking)
-    circuit = Circuit(model=cfg.model_name, task=task, metric=metric, method=method, nodes=nodes, edges=edges,
-                      faithfulness=curve,
+        edge_circuit = Circuit.from_edges(edges, model=cfg.model_name, task=task, metric=metric, method=method,
+                                          faithfulness=edge_rows, summary={"held_out": held.get("edges")})
+    details.update(held_out_rows=held, edge_circuit=edge_circuit)
+    circuit = Circuit(model=cfg.model_name, task=task, metric=metric, method=method, kind="heads", nodes=nodes,
+                      faithfulness=select_rows + eval_rows,
+                      summary={"held_out": held["heads"], "selected_on": chosen_heads, "ranking": head_ranking,
+                               "target": target},
                       evidence={f"A{l}.{h}": {"score": float(head_scores[l, h]), "rank": i + 1}
                                 for i, (l, h) in enumerate(ranking) if f"A{l}.{h}" in nodes})
     return circuit, details

@@ -8,6 +8,16 @@ the same sentence with three unrelated names in the three name slots. Metric: lo
 logit(S) at the last position. Names, places and objects are kept only when each is a single
 token (with its leading space) for the model's tokenizer: checked, not assumed.
 
+Splits. Circuits are selected on one prompt set and evaluated on another, disjoint in templates,
+names, places and objects (MIB's practice): split "select" takes the templates, names, places and
+objects at even positions of their lists, "eval" those at odd positions (single-token words only,
+so the split is per tokenizer); split None uses them all. Orders: BABA and ABBA alternate so that at
+every n the counts differ by at most one, and each template gets both orders.
+
+Mean ablation ("mean over ABC"): per template, over `abc_per_template` ABC prompts (default 16)
+drawn from the split's own names, places and objects, independent of n (TaskData.reference,
+TaskData.ablation); never a single prompt's own corruption.
+
 Second task, for component reuse: factual recall of capitals ("The capital of France is" →
 " Paris"; corruption: another country, whose capital is the wrong token; metric logit(capital) −
 logit(other capital)). Chosen because SmolLM2-135M solves it (measured: 100 % of 22 single-token
@@ -64,6 +74,15 @@ CAPITALS = {
     "Portugal": "Lisbon", "Kenya": "Nairobi", "Cuba": "Havana", "Peru": "Lima", "Chile": "Santiago", "India": "Delhi",
 }
 CAPITAL_TEMPLATES = ("The capital of {X} is", "The capital city of {X} is", "In {X}, the capital is")
+SPLITS = (None, "select", "eval")
+
+
+def split_items(items: Sequence, split: str | None) -> list:
+    """The items of a split: all (None), even positions ("select") or odd positions ("eval")."""
+    if split not in SPLITS:
+        raise InputError(f"split must be select, eval or None, got {split!r}")
+    items = list(items)
+    return items if split is None else items[(0 if split == "select" else 1)::2]
 
 
 def single_tokens(model: HookedTransformer, words: Sequence[str]) -> list[str]:
@@ -97,25 +116,40 @@ class TaskData:
     pairs: PromptPairs
     positions: list[dict[str, int]]
     meta: dict = field(default_factory=dict)
+    reference: PromptPairs | None = None  # the corrupted prompts mean ablation averages, per group
+
+    def ablation(self, model: HookedTransformer, kind: str = "mean", *, seed: int = 0):
+        """Ablation values for `pairs`: mean over `reference`'s corrupted prompts of each group (or
+        of `pairs` when there is no reference); other kinds from `pairs` itself."""
+        from interp.patching import ablation_values
+
+        ref = self.reference if kind == "mean" else None
+        return ablation_values(model, self.pairs, kind, seed=seed, reference=ref)
 
 
 def ioi_dataset(model: HookedTransformer, n: int = 64, *, seed: int = 0, orders: Sequence[str] = ("BABA", "ABBA"),
-                templates: Sequence[str] = TEMPLATES) -> TaskData:
-    """`n` IOI prompts (half BABA, half ABBA by default, templates cycled) with ABC corruptions."""
+                templates: Sequence[str] = TEMPLATES, split: str | None = None, abc_per_template: int = 16) -> TaskData:
+    """`n` IOI prompts with ABC corruptions over the `split`'s templates, names, places and objects
+    (module doc); template i mod T, orders alternating and balanced at every n. group = template id
+    (its index in `templates`). `reference`: `abc_per_template` ABC prompts per template used, for mean ablation."""
     if n < 1:
         raise InputError(f"the IOI dataset needs at least 1 prompt, got n={n}")
     bad = [o for o in orders if o not in ("BABA", "ABBA")]
     if bad or not orders:
         raise InputError(f"IOI orders must be BABA and/or ABBA, got {list(orders)}")
-    names, places, objects = (single_tokens(model, w) for w in (NAMES, PLACES, OBJECTS))
-    if len(names) < 5 or not places or not objects:
+    if abc_per_template < 1:
+        raise InputError(f"abc_per_template must be ≥ 1, got {abc_per_template}")
+    names, places, objects = (split_items(single_tokens(model, w), split) for w in (NAMES, PLACES, OBJECTS))
+    template_ids = split_items(range(len(templates)), split)
+    if len(names) < 5 or not places or not objects or not template_ids:
         raise InputError(f"{model.cfg.model_name}'s tokenizer splits too many IOI names/places/objects into several "
-                         "tokens; this dataset needs ≥ 5 single-token names")
+                         f"tokens; split {split!r} needs ≥ 5 single-token names (has {len(names)})")
     rng = random.Random(seed)
+    T = len(template_ids)
     clean, corrupt, answers, wrongs, groups, positions, prompts, corrupt_prompts, orders_used = ([] for _ in range(9))
     for i in range(n):
-        t = i % len(templates)
-        order = orders[(i // len(templates)) % len(orders)]
+        t = template_ids[i % T]
+        order = orders[(i % T + i // T) % len(orders)]
         io, s, c1, c2, c3 = rng.sample(names, 5)
         place, obj = rng.choice(places), rng.choice(objects)
         first, second = (s, io) if order == "BABA" else (io, s)
@@ -140,25 +174,43 @@ def ioi_dataset(model: HookedTransformer, n: int = 64, *, seed: int = 0, orders:
         corrupt_prompts.append(bad_text)
         orders_used.append(order)
     pairs = PromptPairs.from_lists(clean, corrupt, answers, wrongs, groups, pad=_pad(model))
-    meta = {"seed": seed, "orders": orders_used, "templates": groups, "n_templates": len(set(groups)),
+    ref_rng = random.Random(f"abc-{seed}-{split}")
+    ref_tokens, ref_groups = [], []
+    for t in sorted(set(groups)):
+        for _ in range(abc_per_template):
+            c1, c2, c3 = ref_rng.sample(names, 3)
+            text = templates[t].format(A=c1, B=c2, S=c3, PLACE=ref_rng.choice(places), OBJECT=ref_rng.choice(objects))
+            ref_tokens.append(model.to_tokens(text)[0].cpu())
+            ref_groups.append(t)
+    reference = PromptPairs.from_lists(ref_tokens, ref_tokens, [0] * len(ref_tokens), [0] * len(ref_tokens),
+                                       ref_groups, pad=_pad(model))
+    meta = {"seed": seed, "split": split, "orders": orders_used, "templates": groups, "n_templates": len(set(groups)),
+            "template_ids": template_ids, "names": names, "places": places, "objects": objects,
+            "abc_per_template": abc_per_template,
             "vocab": {"names": len(names), "places": len(places), "objects": len(objects)},
-            "rejected": {"names": sorted(set(NAMES) - set(names)), "places": sorted(set(PLACES) - set(places)),
-                         "objects": sorted(set(OBJECTS) - set(objects))}}
-    return TaskData("ioi", prompts, corrupt_prompts, pairs, positions, meta)
+            "rejected": {"names": sorted(set(NAMES) - set(single_tokens(model, NAMES))),
+                         "places": sorted(set(PLACES) - set(single_tokens(model, PLACES))),
+                         "objects": sorted(set(OBJECTS) - set(single_tokens(model, OBJECTS)))}}
+    return TaskData("ioi", prompts, corrupt_prompts, pairs, positions, meta, reference)
 
 
-def capitals_dataset(model: HookedTransformer, n: int = 64, *, seed: int = 0) -> TaskData:
-    """`n` factual-recall prompts ("The capital of France is" → " Paris"), templates cycled; the
-    corruption names another country, whose capital is the wrong token."""
+def capitals_dataset(model: HookedTransformer, n: int = 64, *, seed: int = 0, split: str | None = None) -> TaskData:
+    """`n` factual-recall prompts ("The capital of France is" → " Paris") over the split's templates
+    and countries (even / odd positions, module doc), templates cycled; the corruption names another
+    country of the split, whose capital is the wrong token. Mean ablation averages each template's
+    corrupted prompts (no separate reference set: every corruption is one country sentence)."""
     if n < 1:
         raise InputError(f"the capitals dataset needs at least 1 prompt, got n={n}")
-    pairs_ok = [(c, k) for c, k in CAPITALS.items() if single_tokens(model, [c]) and single_tokens(model, [k])]
+    pairs_ok = split_items([(c, k) for c, k in CAPITALS.items() if single_tokens(model, [c]) and single_tokens(model, [k])],
+                           split)
+    template_ids = split_items(range(len(CAPITAL_TEMPLATES)), split)
     if len(pairs_ok) < 4:
-        raise InputError(f"{model.cfg.model_name}'s tokenizer leaves fewer than 4 single-token country/capital pairs")
+        raise InputError(f"{model.cfg.model_name}'s tokenizer leaves fewer than 4 single-token country/capital pairs "
+                         f"in split {split!r}")
     rng = random.Random(seed)
     clean, corrupt, answers, wrongs, groups, positions, prompts, corrupt_prompts = ([] for _ in range(8))
     for i in range(n):
-        t = i % len(CAPITAL_TEMPLATES)
+        t = template_ids[i % len(template_ids)]
         (country, capital), (other, other_capital) = rng.sample(pairs_ok, 2)
         text, bad_text = CAPITAL_TEMPLATES[t].format(X=country), CAPITAL_TEMPLATES[t].format(X=other)
         tokens, bad_tokens = model.to_tokens(text)[0].cpu(), model.to_tokens(bad_text)[0].cpu()
@@ -173,7 +225,8 @@ def capitals_dataset(model: HookedTransformer, n: int = 64, *, seed: int = 0) ->
         prompts.append(text)
         corrupt_prompts.append(bad_text)
     pairs = PromptPairs.from_lists(clean, corrupt, answers, wrongs, groups, pad=_pad(model))
-    meta = {"seed": seed, "n_countries": len(pairs_ok), "templates": list(CAPITAL_TEMPLATES)}
+    meta = {"seed": seed, "split": split, "n_countries": len(pairs_ok), "countries": [c for c, _ in pairs_ok],
+            "templates": [CAPITAL_TEMPLATES[t] for t in template_ids]}
     return TaskData("capitals", prompts, corrupt_prompts, pairs, positions, meta)
 
 
@@ -443,10 +496,11 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(spearmanr(a.flatten().double().numpy(), b.flatten().double().numpy()).statistic)
 
 
-def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
-    """The k heads of largest |score| from a [layer, head] tensor."""
+def top_heads(scores: torch.Tensor, k: int, *, absolute: bool = False) -> list[tuple[int, int]]:
+    """The k heads of largest score (positive = helps), or of largest |score|, from a [layer, head] tensor."""
     n_heads = scores.shape[1]
-    return [divmod(int(i), n_heads) for i in scores.flatten().abs().argsort(descending=True, stable=True)[:k]]
+    flat = scores.flatten().abs() if absolute else scores.flatten()
+    return [divmod(int(i), n_heads) for i in flat.argsort(descending=True, stable=True)[:k]]
 
 
 def jaccard(a, b) -> float:
@@ -454,70 +508,147 @@ def jaccard(a, b) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def ioi_analysis(model: HookedTransformer, *, n_prompts: int = 48, method: str = "eap", seed: int = 0,
-                 steps: int = 5, target: float = 0.8, tau: float = 0.01, acdc_candidates: int = 200,
+def ranking_stability(model: HookedTransformer, first: TaskData, second: TaskData, *, k: int = 20,
+                      method: str = "eap", batch_size: int = 16) -> dict:
+    """How stable the head ranking is across two prompt sets (e.g. the select and eval splits,
+    disjoint in templates and names): head_attribution on each (mean ablation over each set's ABC
+    reference) → top-k Jaccard of the most helpful heads, top-k Jaccard by |score|, Spearman of the scores."""
+    from circuits.attribution import head_attribution
+
+    tables = [head_attribution(model, d.pairs, method=method, ablation=d.ablation(model), batch_size=batch_size)
+              for d in (first, second)]
+    grids = [torch.tensor(t.grid("score").to_numpy()) for t in tables]
+    return {"method": method, "k": k, "n_prompts": [len(first.pairs), len(second.pairs)],
+            "top_k_jaccard": jaccard(top_heads(grids[0], k), top_heads(grids[1], k)),
+            "top_k_jaccard_abs": jaccard(top_heads(grids[0], k, absolute=True), top_heads(grids[1], k, absolute=True)),
+            "spearman": spearman(grids[0], grids[1])}
+
+
+def mib_table(model: HookedTransformer, select: TaskData, held: TaskData, *,
+              methods: Sequence[str] = ("eap", "eap-ig", "patching"), steps: int = 5, edges: bool = True,
+              patching_prompts: int = 16, precomputed: dict[str, torch.Tensor] | None = None,
+              batch_size: int = 16) -> list[dict]:
+    """MIB circuit-track summaries (circuits.discovery.mib_summary): each method scores on `select`,
+    the curves are measured on `held` (disjoint prompts) with its own mean ablation. Rows: task,
+    method, level ("edges" for EAP / EAP-IG; "heads" for every method, exact patching being node-level),
+    cpr, cmd, and the curves. Exact patching scores on the first `patching_prompts` selection prompts
+    (270 forward passes per prompt); `precomputed` {method: head scores [layer, head]} skips a method's scoring."""
+    from circuits.attribution import head_attribution
+    from circuits.discovery import attribute, mib_summary
+
+    abl_s, abl_e = select.ablation(model), held.ablation(model)
+    rows = []
+    for method in methods:
+        if method in ("eap", "eap-ig"):
+            attr = attribute(model, select.pairs, method=method, ablation=abl_s, steps=steps, batch_size=batch_size)
+            heads = attr.head_scores()
+            if edges:
+                rows.append({"task": select.task, "method": method,
+                             **mib_summary(model, held.pairs, abl_e, edge_scores=attr, batch_size=batch_size)})
+        elif precomputed and method in precomputed:
+            heads = precomputed[method]
+        else:
+            n = len(select.pairs) if method != "patching" else min(patching_prompts, len(select.pairs))
+            part = select.pairs.select(slice(0, n))
+            table = head_attribution(model, part, method=method, ablation=abl_s.select(slice(0, n), part.clean.shape[1]),
+                                     steps=steps, batch_size=batch_size)
+            heads = torch.tensor(table.grid("score").to_numpy())
+        rows.append({"task": select.task, "method": method,
+                     **mib_summary(model, held.pairs, abl_e, head_scores=heads, batch_size=batch_size)})
+    return rows
+
+
+def ioi_analysis(model: HookedTransformer, *, n_prompts: int = 48, n_eval: int | None = None, method: str = "eap",
+                 seed: int = 0, steps: int = 5, target: float = 0.8, tau: float = 0.01, acdc_candidates: int = 200,
                  checks: bool = True, patching_prompts: int = 16, reuse_prompts: int = 32, curve_points: int = 10,
-                 edge_curves: bool = True, role_prompts: int = 16, progress: bool = False) -> dict:
-    """IOI end to end: dataset, baseline, circuit (discovery engine, mean ablation over ABC), head
-    roles with evidence and, with `checks`, the targets' measurements: EAP head scores vs exact
-    activation patching (Spearman over all heads, on `patching_prompts` prompts), stability (top-20
-    Jaccard against an independent prompt sample) and component reuse with the capitals task."""
-    from circuits.discovery import attribute, discover
-    from interp.patching import ablation_values, patch_heads
+                 edge_curves: bool = True, role_prompts: int = 16, mib: bool = True, mib_prompts: int = 24,
+                 progress: bool = False) -> dict:
+    """IOI end to end: the select and eval splits (disjoint templates, names, places, objects), the
+    baseline, circuits selected on the select split (discovery engine, mean ablation over each split's
+    ABC reference prompts) with every reported faithfulness measured on the eval split, head roles
+    with evidence and, with `checks`: head scores of EAP vs exact activation patching (same sign,
+    Spearman), ranking stability across the two splits (top-20 Jaccard), component reuse with the
+    capitals task, and with `mib` MIB's CPR / CMD for EAP, EAP-IG and exact patching on both tasks
+    (curves on the first `mib_prompts` held-out prompts)."""
+    from circuits.discovery import discover
+    from interp.patching import patch_heads
 
     cfg = model.cfg
     n_all = cfg.n_layers * cfg.n_heads
-    data = ioi_dataset(model, n_prompts, seed=seed)
+    data = ioi_dataset(model, n_prompts, seed=seed, split="select")
+    held = ioi_dataset(model, n_eval or n_prompts, seed=seed, split="eval")
     base = baseline(model, data)
-    circuit, details = discover(model, data.pairs, task="ioi", method=method, ablation="mean", steps=steps,
-                                target=target, tau=tau, acdc_candidates=acdc_candidates, curve_points=curve_points,
-                                edge_curves=edge_curves, seed=seed, progress=progress)
+    held_base = baseline(model, held)
+    abl, held_abl = data.ablation(model), held.ablation(model)
+    circuit, details = discover(model, data.pairs, eval_pairs=held.pairs, task="ioi", method=method, ablation=abl,
+                                eval_ablation=held_abl, steps=steps, target=target, tau=tau,
+                                acdc_candidates=acdc_candidates, curve_points=curve_points, edge_curves=edge_curves,
+                                seed=seed, progress=progress)
     heads = circuit.heads
-    roles = classify_roles(model, data, heads, n_evidence=role_prompts, n_inhibition=max(4, role_prompts // 2), seed=seed)
+    roles = classify_roles(model, held, heads, n_evidence=role_prompts, n_inhibition=max(4, role_prompts // 2), seed=seed)
     for row in roles.to_dict(orient="records"):
         circuit.evidence[f"A{row['layer']}.{row['head']}"].update(
             {k: v for k, v in row.items() if k not in ("label", "layer", "head")})
-    head_rows = [r for r in circuit.faithfulness if r["kind"] == "heads"]
-    chosen = details["head_circuit"]
-    at_15 = max((r for r in head_rows if r["n_heads"] <= 0.15 * n_all), key=lambda r: r["n_heads"], default=None)
+    eval_rows = details["head_curve_eval"]
+    chosen, held_row = details["head_circuit"], details["held_out_rows"]["heads"]
+    at_15 = max((r for r in eval_rows if r["n_heads"] <= 0.15 * n_all), key=lambda r: r["n_heads"], default=None)
+    smallest_held = next((r for r in eval_rows if r["value"] >= target), None)
     targets = {"n_heads_total": n_all, "circuit_heads": len(heads), "circuit_head_fraction": len(heads) / n_all,
-               "circuit_faithfulness": chosen["value"], "reaches_target": chosen["value"] >= target,
-               "best_within_15pct": at_15}
-    out = {"params": {"n_prompts": n_prompts, "method": method, "seed": seed, "steps": steps, "target": target,
-                      "tau": tau, "acdc_candidates": acdc_candidates, "ablation": "mean over the ABC prompts of "
-                      "the same template", "templates": data.meta["n_templates"], "vocab": data.meta["vocab"]},
-           "baseline": base, "circuit": circuit, "details": details, "roles": roles, "targets": targets,
+               "circuit_faithfulness": held_row["value"], "circuit_ratio": held_row["ratio"],
+               "selection_faithfulness": chosen["value"], "reaches_target": held_row["value"] >= target,
+               "best_within_15pct": at_15, "smallest_reaching_target_held_out": smallest_held}
+    out = {"params": {"n_prompts": n_prompts, "n_eval": len(held.pairs), "method": method, "seed": seed,
+                      "steps": steps, "target": target, "tau": tau, "acdc_candidates": acdc_candidates,
+                      "ablation": f"mean over {data.meta['abc_per_template']} ABC prompts per template, from each "
+                      "split's own names", "templates": data.meta["n_templates"],
+                      "eval_templates": held.meta["n_templates"], "vocab": data.meta["vocab"],
+                      "eval_vocab": held.meta["vocab"],
+                      "faithfulness": "(m(C) - m(empty)) / (m(full) - m(empty)) of the logit difference, on the "
+                      "eval split (templates, names, places and objects disjoint from the select split)"},
+           "baseline": base, "eval_baseline": held_base, "circuit": circuit, "details": details, "roles": roles,
+           "targets": targets,
            "examples": [{"clean": c, "corrupt": x} for c, x in zip(data.prompts[:4], data.corrupt_prompts[:4])]}
     if not checks:
         return out
-    # EAP head scores vs exact activation patching, same prompts and ablation values
+    from circuits.attribution import head_attribution
+
+    # head scores of EAP vs exact activation patching: same prompts and ablation values, one sign
+    # (on selection prompts, so the patching scores serve MIB's exact-patching row too)
     sub = data.pairs.select(slice(0, min(patching_prompts, len(data.pairs))))
-    abl = ablation_values(model, data.pairs, "mean", seed=seed).select(slice(0, len(sub)), sub.clean.shape[1])
-    eap = attribute(model, sub, method="eap", ablation=abl, progress=progress).head_scores()
-    exact = patch_heads(model, sub, ablation=abl, progress=progress)["effect"].view(cfg.n_layers, cfg.n_heads)
-    targets["spearman_eap_vs_patching"] = spearman(eap, exact)
-    targets["spearman_abs_eap_vs_patching"] = spearman(eap.abs(), exact.abs())
-    out["patching"] = {"eap": eap, "exact": exact, "n_prompts": len(sub)}
-    # stability: an independent sample of prompts (another seed)
-    other = ioi_dataset(model, n_prompts, seed=seed + 1000)
-    other_scores = attribute(model, other.pairs, method="eap", ablation="mean", progress=progress).head_scores()
-    main_scores = details["head_scores"] if method in ("eap",) else attribute(
-        model, data.pairs, method="eap", ablation="mean", progress=progress).head_scores()
-    targets["top20_jaccard"] = jaccard(top_heads(main_scores, 20), top_heads(other_scores, 20))
-    # component reuse with the capitals task
-    caps = capitals_dataset(model, reuse_prompts, seed=seed)
-    caps_base = baseline(model, caps)
-    caps_circuit, caps_details = discover(model, caps.pairs, task="capitals", method="eap", ablation="mean",
-                                          target=target, curve_points=curve_points, edge_curves=False, seed=seed,
-                                          progress=progress)
+    sub_abl = abl.select(slice(0, len(sub)), sub.clean.shape[1])
+    eap = head_attribution(model, sub, method="eap", ablation=sub_abl)
+    exact = patch_heads(model, sub, ablation=sub_abl, progress=progress)["effect"].view(cfg.n_layers, cfg.n_heads)
+    eap_grid = torch.tensor(eap.grid("score").to_numpy()).float()
+    targets["spearman_eap_vs_patching"] = spearman(eap_grid, exact)
+    big = exact.abs() >= 0.1 * float(exact.abs().max())
+    targets["sign_agreement_large_heads"] = float(((eap_grid[big] > 0) == (exact[big] > 0)).float().mean())
+    out["patching"] = {"eap": eap_grid, "exact": exact, "n_prompts": len(sub)}
+    # stability: the select and eval splits are disjoint prompt sets
+    out["stability"] = ranking_stability(model, data, held, k=20)
+    targets["top20_jaccard"] = out["stability"]["top_k_jaccard"]
+    # component reuse with the capitals task (its own select / eval split)
+    caps, caps_held = (capitals_dataset(model, reuse_prompts, seed=seed, split=sp) for sp in ("select", "eval"))
+    caps_base = baseline(model, caps_held)
+    caps_circuit, caps_details = discover(model, caps.pairs, eval_pairs=caps_held.pairs, task="capitals",
+                                          method="eap", ablation="mean", target=target, curve_points=curve_points,
+                                          edge_curves=False, seed=seed, progress=progress)
     ioi_heads, caps_heads = set(heads), set(caps_circuit.heads)
     k = len(ioi_heads)
     top_caps = set(top_heads(caps_details["head_scores"], k))
     out["reuse"] = {"task": "capitals", "baseline": caps_base, "circuit_heads": sorted(caps_heads),
-                    "circuit_faithfulness": caps_details["head_circuit"]["value"],
+                    "circuit_faithfulness": caps_details["held_out_rows"]["heads"]["value"],
                     "shared": sorted(ioi_heads & caps_heads),
                     "share_of_ioi": len(ioi_heads & caps_heads) / max(1, len(ioi_heads)),
                     "jaccard": jaccard(ioi_heads, caps_heads),
                     "top_k_shared": len(ioi_heads & top_caps) / max(1, k), "k": k,
                     "faithfulness": caps_circuit.faithfulness}
+    if mib:
+        def first(d: TaskData, n: int) -> TaskData:
+            part = d.pairs.select(slice(0, min(n, len(d.pairs))))
+            return TaskData(d.task, d.prompts[:n], d.corrupt_prompts[:n], part, d.positions[:n], d.meta, d.reference)
+
+        out["mib"] = mib_table(model, data, first(held, mib_prompts), steps=steps, patching_prompts=patching_prompts,
+                               precomputed={"patching": exact})
+        out["mib"] += mib_table(model, caps, first(caps_held, mib_prompts), steps=steps,
+                                patching_prompts=patching_prompts)
     return out

@@ -19,34 +19,41 @@ def _figures(result: dict[str, Any]) -> list:
     circuit, details = result["circuit"], result["details"]
     figures = [circuit.faithfulness_figure()]
     table = HeadTable.from_arrays({"node_score": details["head_scores"]}, model=circuit.model)
-    figures.append(table.heatmap("node_score", title=f"{circuit.method} head scores: Δ logit diff when the head's "
-                                 "output is mean-ablated (first order)"))
+    figures.append(table.heatmap("node_score", title=f"{circuit.method} head scores: loss of logit diff when the "
+                                 "head's output is mean-ablated (positive = the head helps)"))
     if "patching" in result:
         p = result["patching"]
         labels = [f"L{l}H{h}" for l in range(p["eap"].shape[0]) for h in range(p["eap"].shape[1])]
         fig = go.Figure(go.Scatter(x=p["exact"].flatten().tolist(), y=p["eap"].flatten().tolist(), mode="markers",
                                    text=labels, hoverinfo="text+x+y"))
         fig.update_layout(title=f"EAP head score vs exact activation patching ({p['n_prompts']} prompts, every head)",
-                          xaxis_title="exact Δ logit diff", yaxis_title="EAP Δ logit diff")
+                          xaxis_title="exact patching: clean − patched logit diff",
+                          yaxis_title="EAP: first-order loss of logit diff")
         figures.append(fig)
-    if circuit.edges:
-        figures.append(circuit.graph_figure(max_edges=150))
+    edge_circuit = details.get("edge_circuit")
+    if edge_circuit is not None and edge_circuit.edges:
+        figures.append(edge_circuit.graph_figure(max_edges=150))
     return figures
 
 
 def _summary(result: dict[str, Any]) -> str:
     b, t, p, c = result["baseline"], result["targets"], result["params"], result["circuit"]
-    chosen = result["details"]["head_circuit"]
-    text = (f"<p>{p['n_prompts']} IOI prompts (BABA and ABBA over {p['templates']} templates, single-token names, "
-            f"places and objects checked with the tokenizer; {html.escape(p['ablation'])}). Full model: logit "
-            f"difference <b>{b['logit_diff']:.2f}</b> (ABC prompts: {b['corrupt_logit_diff']:.2f}), accuracy "
-            f"<b>{b['accuracy']:.0%}</b> (IO above S), top-1 {b['top1']:.0%}.</p>"
-            f"<p>Method <b>{html.escape(c.method)}</b>. Head circuit: <b>{t['circuit_heads']}</b> of "
-            f"{t['n_heads_total']} heads ({t['circuit_head_fraction']:.1%}) recover <b>{chosen['value']:.0%}</b> of the "
-            f"logit difference with every other head mean-ablated (target: ≤ 15 % of heads, ≥ {p['target']:.0%}).")
+    eb = result["eval_baseline"]
+    text = (f"<p>Selection split: {p['n_prompts']} IOI prompts over {p['templates']} templates; held-out split: "
+            f"{p['n_eval']} prompts over {p['eval_templates']} other templates with other names, places and objects "
+            f"(BABA and ABBA balanced; single-token words checked with the tokenizer; {html.escape(p['ablation'])}). "
+            f"Full model, selection / held-out: logit difference <b>{b['logit_diff']:.2f}</b> / {eb['logit_diff']:.2f} "
+            f"(ABC prompts: {b['corrupt_logit_diff']:.2f}), accuracy <b>{b['accuracy']:.0%}</b> / {eb['accuracy']:.0%} "
+            f"(IO above S), top-1 {b['top1']:.0%}.</p>"
+            f"<p>Method <b>{html.escape(c.method)}</b>, heads ranked by mask-IG on the selection split. Head circuit: "
+            f"<b>{t['circuit_heads']}</b> of {t['n_heads_total']} heads ({t['circuit_head_fraction']:.1%}), the "
+            f"smallest reaching the target on the selection prompts ({t['selection_faithfulness']:.0%}); on the "
+            f"<b>held-out</b> prompts its faithfulness (m(C) − m(∅)) / (m(full) − m(∅)) with every other head "
+            f"mean-ablated is <b>{t['circuit_faithfulness']:.0%}</b> (logit-difference ratio {t['circuit_ratio']:.0%}; "
+            f"target: ≤ 15 % of heads, ≥ {p['target']:.0%}).")
     if t.get("best_within_15pct"):
         r = t["best_within_15pct"]
-        text += f" Largest curve point within 15 %: {r['n_heads']} heads → {r['value']:.0%}."
+        text += f" Held-out curve, largest point within 15 % of heads: {r['n_heads']} heads → {r['value']:.0%}."
     text += "</p>"
     if "acdc" in result["details"]:
         a = result["details"]["acdc"]
@@ -55,9 +62,9 @@ def _summary(result: dict[str, Any]) -> str:
     if "spearman_eap_vs_patching" in t:
         r = result["reuse"]
         text += (f"<p>Checks: EAP vs exact activation patching over all heads, Spearman "
-                 f"<b>{t['spearman_eap_vs_patching']:.2f}</b> (of |scores|: {t['spearman_abs_eap_vs_patching']:.2f}; "
-                 f"target ≥ 0.8). Top-20 heads on an independent prompt sample: Jaccard <b>{t['top20_jaccard']:.2f}</b> "
-                 f"(target ≥ 0.7). Component reuse with factual recall of capitals (accuracy "
+                 f"<b>{t['spearman_eap_vs_patching']:.2f}</b> (target ≥ 0.8; sign agreement on heads with ≥ 10 % of "
+                 f"the largest patching effect {t['sign_agreement_large_heads']:.0%}). Top-20 most helpful heads (EAP) "
+                 f"on the two disjoint splits: Jaccard <b>{t['top20_jaccard']:.2f}</b> (target ≥ 0.7). Component reuse with factual recall of capitals (accuracy "
                  f"{r['baseline']['accuracy']:.0%}, logit diff {r['baseline']['logit_diff']:.2f}): its circuit has "
                  f"{len(r['circuit_heads'])} heads, {len(r['shared'])} shared with IOI ({r['share_of_ioi']:.0%} of "
                  f"IOI's heads, Jaccard {r['jaccard']:.2f}); of the capitals task's top {r['k']} heads, "
@@ -68,7 +75,18 @@ def _summary(result: dict[str, Any]) -> str:
     if movers is not None:
         text += f" Name movers in the whole model (used for the S-inhibition test): {', '.join(movers) or 'none'}."
     text += "</p>"
+    if "mib" in result:
+        text += ("<p>MIB circuit-track summaries (Mueller et al. 2025), scores from the selection split, curves on "
+                 "held-out prompts at MIB's sizes (0.1 % … 100 % of edges, or of heads for node level): CPR (area "
+                 "under the faithfulness curve, higher is better) and CMD (area between the curve and 1, 0 is best) "
+                 "— table below.</p>")
     return text
+
+
+def mib_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MIB table: one row per task, method and level."""
+    return [{"task": r["task"], "method": r["method"], "level": r["level"], "n_items": r["n_items"],
+             "CPR": r["cpr"], "CMD": r["cmd"]} for r in result.get("mib", [])]
 
 
 def _json(result: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +94,14 @@ def _json(result: dict[str, Any]) -> dict[str, Any]:
     body = {"params": result["params"], "baseline": result["baseline"], "targets": result["targets"],
             "circuit": result["circuit"].to_dict(), "roles": result["roles"].to_dict(orient="records"),
             "name_movers": result["roles"].attrs.get("name_movers", []),
-            "head_scores": details["head_scores"].tolist(), "examples": result["examples"]}
+            "head_scores": details["head_scores"].tolist(), "examples": result["examples"],
+            "eval_baseline": result["eval_baseline"]}
+    if details.get("edge_circuit") is not None:
+        body["edge_circuit"] = details["edge_circuit"].to_dict()
+    if "mib" in result:
+        body["mib"] = result["mib"]
+    if "stability" in result:
+        body["stability"] = result["stability"]
     if "acdc" in details:
         body["acdc"] = details["acdc"]
     if "patching" in result:
@@ -98,8 +123,9 @@ def _section(result: dict[str, Any]) -> dict[str, Any]:
 
     return {"title": "IOI circuit (indirect object identification)", "text": _summary(result),
             "figures": _figures(result),
-            "tables": [("circuit heads, their roles and the evidence", roles[cols].round(3)),
-                       ("faithfulness curve", pd.DataFrame(curve).round(3))],
+            "tables": [("circuit heads, their roles and the evidence (held-out prompts)", roles[cols].round(3)),
+                       ("faithfulness curves (split: select / eval)", pd.DataFrame(curve).round(3))]
+            + ([("MIB summaries on held-out prompts", pd.DataFrame(mib_rows(result)).round(3))] if "mib" in result else []),
             "json": _json(result)}
 
 
@@ -107,7 +133,7 @@ def atlas_section(model, context: dict) -> dict[str, Any]:
     """Cheap version for the atlas: 16 prompts, EAP, head curve only, no checks."""
     from circuits.ioi import ioi_analysis
 
-    result = ioi_analysis(model, n_prompts=16, method="eap", seed=int(context.get("seed", 0)), checks=False,
+    result = ioi_analysis(model, n_prompts=16, n_eval=16, method="eap", seed=int(context.get("seed", 0)), checks=False,
                           curve_points=6, edge_curves=False, role_prompts=8, progress=bool(context.get("progress")))
     return _section(result)
 
@@ -120,7 +146,8 @@ def ioi_command(
     tau: float = typer.Option(0.01, help="ACDC threshold on the metric change (KL, nats)"),
     acdc_candidates: int = typer.Option(200, min=1, help="ACDC prunes this many top EAP-IG edges"),
     target: float = typer.Option(0.8, min=0.0, help="faithfulness the circuit must reach"),
-    checks: bool = typer.Option(True, help="EAP vs exact patching, stability, reuse with the capitals task"),
+    checks: bool = typer.Option(True, help="EAP vs exact patching, stability, reuse with the capitals task, MIB CPR/CMD"),
+    mib: bool = typer.Option(True, help="with --checks: MIB CPR/CMD for EAP, EAP-IG, exact patching on IOI and capitals"),
 ):
     """IOI end to end: dataset, baseline, circuit discovery, head roles with evidence, target checks."""
     from circuits.discovery import METHODS
@@ -132,15 +159,17 @@ def ioi_command(
         raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     net = load_cli_model(model, device)
     result = ioi_analysis(net, n_prompts=n_prompts, method=method, seed=seed, steps=steps, tau=tau,
-                          acdc_candidates=acdc_candidates, target=target, checks=checks, progress=True)
+                          acdc_candidates=acdc_candidates, target=target, checks=checks, mib=mib, progress=True)
     part = _section(result)
     with staged_output(out) as stage:
         write_analysis(stage, "ioi", net.cfg.model_name, part["json"], f"IOI circuit: {net.cfg.model_name}", part)
         result["circuit"].to_json(stage / "circuit.json")
         result["circuit"].to_html(stage / "circuit.html")
+        if result["details"].get("edge_circuit") is not None:
+            result["details"]["edge_circuit"].to_json(stage / "edge_circuit.json")
         result["roles"].to_csv(stage / "ioi_roles.csv", index=False)
     t = result["targets"]
-    emit(as_json, {"schema": "interp.ioi/1", "model": net.cfg.model_name, **part["json"]},
+    emit(as_json, {"schema": "interp.ioi/2", "model": net.cfg.model_name, **part["json"]},
          f"{net.cfg.model_name}: IOI logit diff {result['baseline']['logit_diff']:.2f}, accuracy "
          f"{result['baseline']['accuracy']:.0%}; circuit {t['circuit_heads']} heads ({t['circuit_head_fraction']:.0%}) "
-         f"→ {t['circuit_faithfulness']:.0%} faithful; wrote {out}/ioi.html, ioi.json, circuit.json, circuit.html")
+         f"→ {t['circuit_faithfulness']:.0%} faithful on held-out prompts (selection {t['selection_faithfulness']:.0%}); wrote {out}/ioi.html, ioi.json, circuit.json, circuit.html")

@@ -2,6 +2,13 @@
 
 Node and edge names follow auto-circuit: `A{layer}.{head}` for attention heads (inputs
 `A{l}.{h}.Q/.K/.V`), `MLP {layer}`, `Resid Start`, `Resid End`.
+
+A circuit says one thing (DESIGN.md): kind "heads" is a set of heads and no edges (every other
+head's output ablated, MLPs and the embedding intact); kind "edges" is a set of edges whose nodes
+are exactly the components the edges touch (a destination input such as "A3.2.Q" or "A3.KV1.K"
+counts as its component "A3.2" / "A3.KV1"). Schema interp.circuit/2 records the kind; files of
+schema interp.circuit/1 still load (kind "edges" when they hold edges, else "heads"; their node
+lists are not checked, since /1 circuits could mix a head ranking with edges).
 """
 from __future__ import annotations
 
@@ -14,7 +21,9 @@ from typing import Any
 
 from interp.errors import InputError
 
-SCHEMA = "interp.circuit/1"
+SCHEMA = "interp.circuit/2"
+SCHEMAS_READ = ("interp.circuit/1", SCHEMA)
+KINDS = ("heads", "edges")
 _HEAD = re.compile(r"^A(\d+)\.(\d+)")
 _MLP = re.compile(r"^MLP (\d+)")
 _KV = re.compile(r"^A(\d+)\.KV(\d+)")  # a GQA key/value input, shared by the query heads of KV head g
@@ -27,10 +36,23 @@ class Edge:
     score: float
 
 
+def component(name: str) -> str:
+    """The component a node or edge endpoint belongs to: "A3.2.Q" → "A3.2", "A3.KV1.K" → "A3.KV1"."""
+    return name.rsplit(".", 1)[0] if name.endswith((".Q", ".K", ".V")) else name
+
+
+def edge_nodes(edges: list[Edge]) -> list[str]:
+    """The components a list of edges touches (sources and destinations), in first-seen order."""
+    return list(dict.fromkeys(component(n) for e in edges for n in (e.src, e.dst)))
+
+
 @dataclass
 class Circuit:
-    """nodes: names in the circuit; edges: scored (src → dst); faithfulness: rows of
-    {n_edges, n_heads, value} where value is the circuit's metric over the full model's."""
+    """kind: "heads" (a node circuit: heads, possibly other components, and no edges) or "edges" (nodes are the edges' endpoints);
+    nodes: names in the circuit; edges: scored (src → dst), score positive when the edge helps the
+    metric; metric: what scored the components; faithfulness: curve rows of {kind, n_edges, n_heads,
+    value, ...} where value is (m(C) − m(∅)) / (m(full) − m(∅)) on the prompts named by the row's
+    "split"; evidence: per-node numbers. Construction checks that nodes and edges agree with kind."""
 
     model: str
     task: str
@@ -40,6 +62,32 @@ class Circuit:
     edges: list[Edge] = field(default_factory=list)
     faithfulness: list[dict[str, float]] = field(default_factory=list)
     evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kind: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = "edges" if self.edges else "heads"
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InputError when nodes and edges do not say one thing for this kind."""
+        if self.kind not in KINDS:
+            raise InputError(f"circuit kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind == "heads":
+            if self.edges:
+                raise InputError(f"a head circuit has no edges (got {len(self.edges)}); use kind='edges'")
+            return
+        want = edge_nodes(self.edges)
+        if sorted(set(self.nodes)) != sorted(want):
+            extra, missing = sorted(set(self.nodes) - set(want)), sorted(set(want) - set(self.nodes))
+            raise InputError(f"an edge circuit's nodes are its edges' endpoints: {len(extra)} nodes touch no edge "
+                             f"{extra[:3]}, {len(missing)} endpoints are not nodes {missing[:3]}")
+
+    @classmethod
+    def from_edges(cls, edges: list[Edge], **fields: Any) -> "Circuit":
+        """An edge circuit whose nodes are its edges' endpoints."""
+        return cls(nodes=edge_nodes(edges), edges=edges, kind="edges", **fields)
 
     @property
     def heads(self) -> list[tuple[int, int]]:
@@ -49,20 +97,27 @@ class Circuit:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        return {"schema": SCHEMA, **{k: d[k] for k in ("model", "task", "metric", "method", "nodes", "edges", "faithfulness", "evidence")}}
+        keys = ("model", "task", "kind", "metric", "method", "nodes", "edges", "faithfulness", "summary", "evidence")
+        return {"schema": SCHEMA, **{k: d[k] for k in keys}}
 
     def to_json(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1, default=float))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Circuit":
-        if data.get("schema") != SCHEMA:
-            raise InputError(f"not a circuit: schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        if data.get("schema") not in SCHEMAS_READ:
+            raise InputError(f"not a circuit: schema is {data.get('schema')!r}, expected one of {', '.join(SCHEMAS_READ)}")
         edges = [Edge(e["src"], e["dst"], float(e["score"])) for e in data.get("edges", [])]
+        nodes = list(data.get("nodes", []))
+        if data["schema"] == "interp.circuit/1":  # /1 did not say its kind; its nodes could mix rankings
+            kind = "edges" if edges else "heads"
+            nodes = edge_nodes(edges) if edges else nodes
+        else:
+            kind = data.get("kind", "")
         return cls(
             model=data["model"], task=data["task"], metric=data["metric"], method=data["method"],
-            nodes=list(data.get("nodes", [])), edges=edges, faithfulness=list(data.get("faithfulness", [])),
-            evidence=dict(data.get("evidence", {})),
+            nodes=nodes, edges=edges, faithfulness=list(data.get("faithfulness", [])),
+            evidence=dict(data.get("evidence", {})), kind=kind, summary=dict(data.get("summary", {})),
         )
 
     @classmethod
@@ -129,7 +184,8 @@ class Circuit:
         from interp.report import Report
 
         report = Report(f"{self.task} circuit in {self.model}")
-        summary = f"<p>method <b>{self.method}</b>, metric <b>{self.metric}</b>, {len(self.nodes)} nodes, {len(self.edges)} edges</p>"
+        summary = (f"<p>{self.kind} circuit; method <b>{self.method}</b>, metric <b>{self.metric}</b>, "
+                   f"{len(self.nodes)} nodes, {len(self.edges)} edges</p>")
         report.add("Graph", text=summary, figures=[self.graph_figure()])
         if self.faithfulness:
             report.add("Faithfulness", figures=[self.faithfulness_figure()])

@@ -13,11 +13,17 @@ Metrics read the next-token logits at each prompt's last position:
 
 Ablation values replace a component's output by (Wang et al.; Conmy et al.; Chan et al.):
   corrupt     the same prompt's corrupted-run value (pairwise patching, Syed et al.'s EAP setting)
-  mean        the mean over the corrupted prompts of the prompt's group, per position (Wang et al.)
+  mean        the mean over the corrupted prompts of the prompt's group, per position (Wang et al.);
+              with `reference`, over the corrupted prompts of that group in a separate reference set
+              (e.g. many ABC prompts per IOI template), so the mean never rests on a few prompts
   zero        zero
   resample    the corrupted-run value of another prompt of the same group (seeded permutation)
 A head's output is its hook_z slice (its write to the residual is z_h · W_O[h]), an MLP's is
 hook_mlp_out, the embedding's is blocks.0.hook_resid_pre.
+
+Sign: a head's patching `effect` is positive when the head helps the metric: clean − patched for
+logit_diff (ablating a helpful head lowers it), patched − clean for kl (ablating a head the clean
+prediction needs moves the model away from it). The same sign as every head score in the workbench.
 """
 from __future__ import annotations
 
@@ -160,9 +166,15 @@ def check_ablation(kind: str) -> None:
 
 
 def ablation_values(model: HookedTransformer, pairs: PromptPairs, kind: str = "mean", *, seed: int = 0,
-                    batch_size: int = 32) -> Ablation:
-    """Run the corrupted prompts once and derive every component's replacement value (module doc)."""
+                    batch_size: int = 32, reference: PromptPairs | None = None) -> Ablation:
+    """Run the corrupted prompts once and derive every component's replacement value (module doc).
+    `reference` (mean only): the group means come from its corrupted prompts (every group of `pairs`
+    must be one of its groups, with the same length)."""
     check_ablation(kind)
+    if reference is not None:
+        if kind != "mean":
+            raise InputError(f"a reference set of prompts defines mean ablation only, not {kind!r}")
+        return _reference_mean(model, pairs, reference, batch_size)
     embed, z, mlp = corrupted_run(model, pairs, batch_size)
     if kind == "zero":
         return Ablation(kind, torch.zeros_like(embed), torch.zeros_like(z), torch.zeros_like(mlp))
@@ -180,6 +192,28 @@ def ablation_values(model: HookedTransformer, pairs: PromptPairs, kind: str = "m
             out[1][:, idx] = z[:, idx].mean(1, keepdim=True)
             out[2][:, idx] = mlp[:, idx].mean(1, keepdim=True)
     return Ablation(kind, *out)
+
+
+def _reference_mean(model: HookedTransformer, pairs: PromptPairs, reference: PromptPairs, batch_size: int) -> Ablation:
+    """Mean ablation whose per-group, per-position means are taken over `reference`'s corrupted prompts."""
+    embed_r, z_r, mlp_r = corrupted_run(model, reference, batch_size)
+    B, P = pairs.clean.shape
+    embed = torch.zeros(B, P, embed_r.shape[-1], dtype=embed_r.dtype)
+    z = torch.zeros(z_r.shape[0], B, P, *z_r.shape[3:], dtype=z_r.dtype)
+    mlp = torch.zeros(mlp_r.shape[0], B, P, mlp_r.shape[-1], dtype=mlp_r.dtype)
+    for group in pairs.group.unique():
+        idx = (pairs.group == group).nonzero().flatten()
+        ref = (reference.group == group).nonzero().flatten()
+        if len(ref) == 0:
+            raise InputError(f"group {int(group)} has no prompts in the mean-ablation reference set")
+        n, n_ref = int(pairs.last[idx[0]]) + 1, int(reference.last[ref[0]]) + 1
+        if n != n_ref:
+            raise InputError(f"group {int(group)}: prompts have {n} tokens, the reference set's {n_ref}; "
+                             "mean ablation needs position-aligned groups")
+        embed[idx, :n] = embed_r[ref, :n].mean(0, keepdim=True)
+        z[:, idx, :n] = z_r[:, ref, :n].mean(1, keepdim=True)
+        mlp[:, idx, :n] = mlp_r[:, ref, :n].mean(1, keepdim=True)
+    return Ablation("mean", embed, z, mlp)
 
 
 def corrupted_run(model: HookedTransformer, pairs: PromptPairs, batch_size: int = 32):
@@ -244,7 +278,8 @@ def patch_heads(model: HookedTransformer, pairs: PromptPairs, *, metric: str = "
     variant and the forward pass starts there (start_at_layer), so layers below are not recomputed.
     Returns {"heads": [(l, h)], "clean": mean clean metric, "patched": Tensor [n_heads] (mean over
     prompts) or [n_heads, pos] with by_position (positions a prompt lacks count as unpatched),
-    "effect": patched − clean}.
+    "effect": positive when the head helps (clean − patched for logit_diff, patched − clean for kl;
+    module doc)}.
     """
     check_metric(metric)
     cfg = model.cfg
@@ -273,7 +308,8 @@ def patch_heads(model: HookedTransformer, pairs: PromptPairs, *, metric: str = "
                     total[rows[i]] += value
     clean = clean_total / len(pairs)
     patched = total / len(pairs)
-    return {"heads": heads, "clean": clean, "patched": patched, "effect": patched - clean}
+    effect = clean - patched if metric == "logit_diff" else patched - clean
+    return {"heads": heads, "clean": clean, "patched": patched, "effect": effect}
 
 
 def _patch_layer(model, part: PromptPairs, abl: Ablation, run: CleanRun, layer: int, heads: list[int],

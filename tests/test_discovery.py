@@ -118,7 +118,8 @@ def _wanted(name: str) -> bool:
 
 
 def _reference_scores(model, pairs, corrupt_tokens, alphas):
-    """EAP / EAP-IG by autograd through TransformerLens' split q/k/v input copies and hook_result."""
+    """EAP / EAP-IG by autograd through TransformerLens' split q/k/v input copies and hook_result:
+    (clean − corrupt output of u) · ∂logit diff / ∂(v's input copy), positive when the edge helps."""
     model.set_use_split_qkv_input(True)
     model.set_use_attn_result(True)
     model.set_use_hook_mlp_in(True)
@@ -148,10 +149,10 @@ def _reference_scores(model, pairs, corrupt_tokens, alphas):
             G.append(acts[f"blocks.{L - 1}.hook_resid_post"].grad)
             G = torch.stack(G) / len(alphas)
             grads = G if grads is None else grads + G
-        D = [cc["blocks.0.hook_resid_pre"] - clean["blocks.0.hook_resid_pre"]]
+        D = [clean["blocks.0.hook_resid_pre"] - cc["blocks.0.hook_resid_pre"]]
         for l in range(L):
-            r = cc[f"blocks.{l}.attn.hook_result"] - clean[f"blocks.{l}.attn.hook_result"]
-            D += [r[:, :, h] for h in range(H)] + [cc[f"blocks.{l}.hook_mlp_out"] - clean[f"blocks.{l}.hook_mlp_out"]]
+            r = clean[f"blocks.{l}.attn.hook_result"] - cc[f"blocks.{l}.attn.hook_result"]
+            D += [r[:, :, h] for h in range(H)] + [clean[f"blocks.{l}.hook_mlp_out"] - cc[f"blocks.{l}.hook_mlp_out"]]
         return torch.einsum("sbpd,tbpd->st", torch.stack(D), grads) / len(pairs)
     finally:
         model.set_use_split_qkv_input(False)
@@ -187,19 +188,92 @@ def test_acdc_thresholds_bound_what_it_keeps(model, pairs, corrupt):
     assert drop_all["value"] == pytest.approx(kl, rel=1e-3)
 
 
-def test_discover_returns_a_circuit_with_curves(model, pairs, tmp_path):
-    circuit, details = discover(model, pairs, task="toy", method="eap", ablation="mean", curve_points=4)
-    kinds = {r["kind"] for r in circuit.faithfulness}
-    assert kinds == {"edges", "heads"}
-    full = [r for r in circuit.faithfulness if r["kind"] == "heads" and r["n_heads"] == L * H]
-    assert full[0]["value"] == pytest.approx(1.0, abs=1e-4)
-    edges_all = [r for r in circuit.faithfulness if r["kind"] == "edges" and r["n_edges"] == details["graph_edges"]]
-    assert edges_all[0]["value"] == pytest.approx(1.0, abs=1e-3)
+def test_discover_returns_a_head_circuit_and_an_edge_circuit_measured_on_held_out_prompts(model, pairs, tmp_path):
+    held = PromptPairs.from_lists(random_prompts([7] * 6, seed=11), random_prompts([7] * 6, seed=12),
+                                  answer=[ANSWER] * 6, wrong=[WRONG] * 6)
+    circuit, details = discover(model, pairs, eval_pairs=held, task="toy", method="eap", ablation="mean",
+                                curve_points=4, target=0.5)
+    # the head circuit has no edges; the edge circuit's nodes are exactly its edges' endpoints
+    assert circuit.kind == "heads" and circuit.edges == []
+    edge_circuit = details["edge_circuit"]
+    ends = {n.rsplit(".", 1)[0] if n.endswith((".Q", ".K", ".V")) else n for e in edge_circuit.edges for n in (e.src, e.dst)}
+    assert edge_circuit.kind == "edges" and set(edge_circuit.nodes) == ends and edge_circuit.edges
+    # normalised faithfulness: 0 for the empty circuit, 1 for the full one, on both splits
+    for split in ("select", "eval"):
+        rows = {r["n_heads"]: r for r in circuit.faithfulness if r["split"] == split}
+        assert rows[0]["value"] == pytest.approx(0.0, abs=1e-9) and rows[L * H]["value"] == pytest.approx(1.0, abs=1e-4)
+    # the held-out value is measured on the held-out prompts: recompute it independently
+    k = len(circuit.nodes)
+    kept_heads = {tuple(int(x) for x in n[1:].split(".")) for n in circuit.nodes}
+    abl = ablation_values(model, held, "mean")
+
+    def ld(hooks):
+        logits = model.run_with_hooks(held.clean, fwd_hooks=hooks)[:, -1].detach()
+        return float((logits[:, ANSWER] - logits[:, WRONG]).mean())
+
+    def ablate_except(keep):
+        return [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: torch.stack(
+            [z[:, :, h] if (l, h) in keep else abl.z[l][:, :, h] for h in range(H)], 2)) for l in range(L)]
+
+    full, empty, got = ld([]), ld(ablate_except(set())), ld(ablate_except(kept_heads))
+    assert details["held_out_rows"]["heads"]["n_heads"] == k
+    assert details["held_out_rows"]["heads"]["value"] == pytest.approx((got - empty) / (full - empty), rel=1e-4)
+    assert circuit.summary["held_out"]["split"] == "eval"
     circuit.to_json(tmp_path / "c.json")
     again = Circuit.from_json(tmp_path / "c.json")
-    assert again.nodes == circuit.nodes and len(again.edges) == len(circuit.edges)
+    assert again == circuit
+    edge_circuit.to_json(tmp_path / "e.json")
+    assert Circuit.from_json(tmp_path / "e.json") == edge_circuit
+
+
+def test_eap_on_kl_is_refused_and_eap_ig_records_kl(model, pairs):
     with pytest.raises(InputError, match="kl"):
         attribute(model, pairs, method="eap", metric="kl")
+    with pytest.raises(InputError, match="kl"):
+        discover(model, pairs, method="eap", metric="kl")
+    circuit, details = discover(model, pairs, method="eap-ig", metric="kl", steps=2, curve_points=3, edge_curves=False)
+    assert circuit.metric == "kl" and details["attribution"].metric == "kl"
+    assert details["edge_circuit"].metric == "kl"
+
+
+def test_a_bypassed_hook_raises_naming_it(model, pairs):
+    with model.hooks(fwd_hooks=[("blocks.1.hook_mlp_in", lambda act, hook: act.detach())]):
+        with pytest.raises(RuntimeError, match=r"blocks\.1\.hook_mlp_in"):
+            attribute(model, pairs, method="eap", ablation="corrupt")
+
+
+def test_circuit_kinds_are_checked_and_v1_files_still_load(tmp_path):
+    import json
+
+    from interp.circuit import Edge
+
+    with pytest.raises(InputError, match="endpoints"):
+        Circuit(model="m", task="t", metric="logit_diff", method="eap", kind="edges", nodes=["A0.0", "A5.5"],
+                edges=[Edge("A0.0", "A1.1.Q", 1.0)])
+    with pytest.raises(InputError, match="no edges"):
+        Circuit(model="m", task="t", metric="logit_diff", method="eap", kind="heads", nodes=["A0.0"],
+                edges=[Edge("A0.0", "A1.1.Q", 1.0)])
+    old = {"schema": "interp.circuit/1", "model": "m", "task": "t", "metric": "logit_diff", "method": "eap",
+           "nodes": ["A0.0", "A7.7"], "edges": [{"src": "A0.0", "dst": "A1.KV0.K", "score": 0.5}], "faithfulness": []}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    back = Circuit.from_json(tmp_path / "old.json")  # /1 nodes mixed a head ranking with edges: the edges win
+    assert back.kind == "edges" and back.nodes == ["A0.0", "A1.KV0"]
+
+
+def test_mib_grid_and_areas_follow_the_mib_repository():
+    from circuits.discovery import MIB_FRACTIONS, mib_area, mib_sizes
+
+    assert MIB_FRACTIONS == (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    assert mib_sizes(1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert mib_sizes(270) == [0, 0, 1, 2, 5, 13, 27, 54, 135, 270]
+    # a curve equal to 1 everywhere: CPR is the width of the grid (0.999), CMD is 0
+    assert mib_area([1.0] * 10, from_one=False) == pytest.approx(0.999)
+    assert mib_area([1.0] * 10, from_one=True) == 0.0
+    # hand-computed trapezoids for f = 0 up to 10 %, 0.5 at 20 %, 0.8 at 50 %, 1 at 100 %
+    f = [0, 0, 0, 0, 0, 0, 0, 0.5, 0.8, 1.0]
+    cpr = 0.1 * 0.25 + 0.3 * 0.65 + 0.5 * 0.9
+    assert mib_area(f, from_one=False) == pytest.approx(cpr)
+    assert mib_area(f, from_one=True) == pytest.approx(0.099 * 1.0 + 0.1 * 0.75 + 0.3 * 0.35 + 0.5 * 0.1)
 
 
 def test_size_grid():

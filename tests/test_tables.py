@@ -60,13 +60,13 @@ def test_wrong_schema_is_refused(tmp_path):
 
 def test_circuit_json_has_the_design_schema_and_round_trips(tmp_path):
     c = Circuit(model="tiny", task="ioi", metric="logit_diff", method="eap",
-                nodes=["Resid Start", "A0.1", "A2.3", "MLP 1", "Resid End"],
+                nodes=["A0.1", "A2.3", "Resid End"],
                 edges=[Edge("A0.1", "A2.3.V", 0.5), Edge("A2.3", "Resid End", -1.25)],
                 faithfulness=[{"n_edges": 1, "n_heads": 1, "value": 0.4}, {"n_edges": 2, "n_heads": 2, "value": 0.9}],
                 evidence={"A2.3": {"role": "name mover", "copy_score": 0.8}})
     c.to_json(tmp_path / "c.json")
     doc = json.loads((tmp_path / "c.json").read_text())
-    assert doc["schema"] == "interp.circuit/1"
+    assert doc["schema"] == "interp.circuit/2" and doc["kind"] == "edges"
     assert {"model", "task", "metric", "method", "nodes", "edges", "faithfulness"} <= set(doc)
     assert doc["edges"][1] == {"src": "A2.3", "dst": "Resid End", "score": -1.25}
     back = Circuit.from_json(tmp_path / "c.json")
