@@ -1,9 +1,14 @@
 """`load_model`: any model source → a TransformerLens `HookedTransformer`, converted once and cached.
 
-First load: transformers reads the source (GGUF dequantised to float32, or an HF checkpoint),
-TransformerLens' weight conversion maps it into a HookedTransformer with LayerNorm folded and the
-unembedding centred, and the processed weights, config and tokenizer are written to the cache as
-safetensors + JSON. Later loads read only the cache (a few seconds, no transformers model built).
+First load: transformers reads the source (GGUF dequantised to float32, or an HF checkpoint;
+float32, eager attention), TransformerLens' own per-architecture config conversion and weight
+converter map it into a HookedTransformer (LayerNorm folded, writing weights and unembedding
+centred where the architecture allows), the parity check (`interp.parity`) compares the two
+models' log-probs, and the processed weights, config, tokenizer and measured parity are written
+to the cache as safetensors + JSON. A conversion above the parity tolerance is refused (one
+line naming the architecture, the unhandled config feature and the difference) unless
+check=False. Later loads read only the cache (no transformers model built); the stored parity
+is checked again and attached to the model (`parity_of(model)`).
 """
 from __future__ import annotations
 
@@ -21,13 +26,17 @@ import torch
 from transformer_lens import HookedTransformer
 
 from interp.errors import InputError
-from interp.model_source import ModelSource, resolve
-from interp.tl_config import architecture_of, config_from_json, config_to_json, tl_config_dict
+from interp.model_source import ModelSource, check_weights, resolve
+from interp.parity import Parity, measure
+from interp.tl_config import (architecture_of, check_causal_lm, check_supported, config_from_json,
+                              config_to_json, tl_config_dict)
 
 log = logging.getLogger("interp")
 
-CONVERTER_VERSION = 1  # bump when the conversion changes, so stale caches are rebuilt
-_PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+CONVERTER_VERSION = 2  # bump when the conversion changes, so stale caches are rebuilt (2: TL's own
+#                        per-architecture conversion for every family, parity stored in meta.json)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -42,13 +51,19 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    check: bool = True,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer, with no network call unless a hub id is named.
 
     name_or_path: an embedded name (`interp.available_models()`), a local `.gguf` file, a local
     Hugging Face model directory, a hub id (needs the network), or a HookedTransformer (returned,
-    moved to `device`/`dtype`). device defaults to CUDA when present; dtype to float32.
+    moved to `device`/`dtype`). device defaults to CUDA when present; dtype ("float32",
+    "bfloat16", "float16" or a torch dtype) to float32: conversion and parity check always run in
+    float32, then the weights are cast. check: refuse (InputError) a conversion whose log-probs
+    differ from transformers' by more than `interp.parity.TOLERANCE`; False loads it anyway and
+    records that in `parity_of(model).enforced`.
     """
+    dtype = parse_dtype(dtype)
     if isinstance(name_or_path, HookedTransformer):
         return _place(name_or_path, device, dtype)
     root = cache_root(cache_dir)
@@ -60,8 +75,41 @@ def load_model(
         with _entry_lock(entry):  # another process may be converting the same model
             if not _is_complete(entry):
                 log.info("converting %s into a HookedTransformer (first load; cached in %s)", source.label, entry)
-                _convert_into(source, entry)
-    return _place(_load_cached(entry), device, dtype)
+                _convert_into(source, entry, check)
+    model = _load_cached(entry)
+    parity = parity_of(model)
+    if parity is not None:
+        if check and not parity.passed:
+            raise InputError(refusal(model.cfg.original_architecture, parity))
+        parity.enforced = check
+        if not parity.passed:
+            log.warning("%s loaded with the parity check off: %s", source.label, parity.line())
+    return _place(model, device, dtype)
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from "float32"/"bfloat16"/"float16" (or bf16, fp16, torch.*); InputError otherwise."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.").lower()
+    if name not in DTYPES:
+        raise InputError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
+    return DTYPES[name]
+
+
+def parity_of(model: HookedTransformer) -> Parity | None:
+    """The parity measured when `model` was converted (None for a model not loaded by load_model).
+
+    Reports read `parity_of(model).to_dict()` (JSON) or `.line()` (one human line)."""
+    return getattr(model, "parity", None)
+
+
+def refusal(architecture: str, parity: Parity) -> str:
+    """The one-line refusal of a conversion that failed the parity check."""
+    what = ", ".join(parity.unhandled) or "no config feature identified"
+    return (f"{architecture} does not convert faithfully: log-probs differ from transformers' by "
+            f"{parity.max_logprob_diff:.3g} nats (tolerance {parity.tolerance:g}); not handled: {what}; "
+            f"load anyway with check=False / --no-parity-check")
 
 
 @contextlib.contextmanager
@@ -111,19 +159,25 @@ def _load_hf(source: ModelSource) -> tuple[Any, Any]:
         if "not supported" in str(err) or "Unrecognized" in str(err):
             raise InputError(f"unsupported architecture in {source.location}: {_first_line(err)}") from None
         raise
+    except OSError as err:
+        raise InputError(f"cannot read the weights in {source.location} ({_first_line(err)})") from None
     return model.eval(), tokenizer
 
 
 def _check_hf_config(source: ModelSource) -> None:
-    """Name an architecture transformers cannot build before anything else is read."""
+    """Name an architecture transformers or TransformerLens cannot handle before weights are read."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(source.location, local_files_only=source.kind != "hub", trust_remote_code=False)
+        config = AutoConfig.from_pretrained(source.location, local_files_only=source.kind != "hub", trust_remote_code=False)
     except (ValueError, KeyError) as err:
         raw = json.loads((Path(source.location) / "config.json").read_text()) if source.kind == "hf_dir" else {}
         arch = (raw.get("architectures") or [raw.get("model_type", "?")])[0]
         raise InputError(f"unsupported architecture {arch} in {source.location} ({_first_line(err)})") from None
+    check_causal_lm(config, source.location)
+    check_supported(config)
+    if source.kind == "hf_dir":
+        check_weights(Path(source.location))
 
 
 def _first_line(err: Exception) -> str:
@@ -143,35 +197,55 @@ def _require_network(hub_id: str) -> None:
         ) from None
 
 
-def _convert_into(source: ModelSource, entry: Path) -> None:
-    """Convert a source and write it atomically into the cache entry `entry`."""
-    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
-    from transformer_lens import HookedTransformerConfig
-
+def _convert_into(source: ModelSource, entry: Path, check: bool) -> None:
+    """Convert a source, measure its parity, and write it atomically into the cache entry `entry`
+    (nothing is written when the parity check refuses it)."""
     hf_model, tokenizer = _load_hf(source)
-    cfg_dict = tl_config_dict(hf_model.config)
-    cfg_dict.update(model_name=source.label, tokenizer_name=source.location, default_prepend_bos=_adds_bos(tokenizer))
-    cfg = HookedTransformerConfig(**cfg_dict)
-    state = _convert_weights(hf_model, cfg, get_pretrained_state_dict)
+    model, processing = convert(hf_model, tokenizer, name=source.label, tokenizer_name=source.location)
+    parity = measure(model, hf_model, tokenizer)
+    log.info("%s: %s", source.label, parity.line())
     del hf_model
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(state, **_PROCESSING)
-    _write_entry(entry, model, source)
+    if check and not parity.passed:
+        raise InputError(refusal(model.cfg.original_architecture, parity))
+    _write_entry(entry, model, source, parity, processing)
 
 
-def _convert_weights(hf_model: Any, cfg: Any, generic: Any) -> dict[str, torch.Tensor]:
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights, convert_llama_weights
+def processing_for(cfg: Any) -> dict[str, bool]:
+    """TransformerLens' weight processing, minus the steps an architecture does not allow (the
+    same exceptions HookedTransformer.from_pretrained makes): post-norm blocks cannot fold norms
+    or centre writing weights, shortformer positions cannot fold or centre, and a soft-capped
+    output cannot centre the unembedding (softcap is not shift-invariant)."""
+    from transformer_lens.utilities.activation_functions import softcap_enabled
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-    arch = architecture_of(hf_model.config)
-    if arch == "LlamaForCausalLM":
-        return convert_llama_weights(hf_model, cfg)
-    if arch == "Gemma3ForCausalLM":
-        return convert_gemma_weights(hf_model, cfg)
+    post_norm = cfg.original_architecture in POST_NORM_ARCHITECTURES
+    shortformer = cfg.positional_embedding_type == "shortformer"
+    return dict(fold_ln=not (post_norm or shortformer), center_writing_weights=not (post_norm or shortformer),
+                center_unembed=not (shortformer or softcap_enabled(cfg.output_logits_soft_cap)),
+                fold_value_biases=True)
+
+
+def convert(hf_model: Any, tokenizer: Any, *, name: str, tokenizer_name: str | None = None) -> tuple[HookedTransformer, dict]:
+    """An in-memory transformers causal LM → (float32 HookedTransformer, the processing applied),
+    through TransformerLens' config conversion and its weight converter for the architecture."""
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:  # TransformerLens' dispatcher accepts a local config dir
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+
+    cfg_dict = tl_config_dict(hf_model.config)
+    cfg_dict.update(model_name=name, tokenizer_name=tokenizer_name, default_prepend_bos=_adds_bos(tokenizer),
+                    dtype=torch.float32)
+    cfg = HookedTransformerConfig(**cfg_dict)
+    # get_pretrained_state_dict dispatches on cfg.original_architecture and takes the in-memory
+    # model; it wants an existing path as the "name" (a directory holding the config), never a hub call.
+    with tempfile.TemporaryDirectory(prefix="interp-hfcfg-") as tmp:
         hf_model.config.to_json_file(str(Path(tmp) / "config.json"))
-        return generic(tmp, cfg, hf_model=hf_model)
+        state = get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=torch.float32)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    processing = processing_for(cfg)
+    model.load_and_process_state_dict(state, **processing)
+    return model.eval(), processing
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -180,21 +254,42 @@ def _adds_bos(tokenizer: Any) -> bool:
     return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
 
 
-def _write_entry(entry: Path, model: HookedTransformer, source: ModelSource) -> None:
+def _write_entry(entry: Path, model: HookedTransformer, source: ModelSource, parity: Parity, processing: dict) -> None:
     from safetensors.torch import save_file
 
     tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    params = {k: v.detach().contiguous() for k, v in model.named_parameters()}
-    save_file(params, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(config_to_json(model.cfg))
-    model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    meta = dict(source=source.__dict__, converter_version=CONVERTER_VERSION, processing=_PROCESSING)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    (tmp / "done").write_text("ok\n")
+    try:
+        params = {k: v.detach().contiguous() for k, v in model.named_parameters()}
+        save_file(params, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(config_to_json(model.cfg))
+        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        meta = dict(source=source.__dict__, converter_version=CONVERTER_VERSION, processing=processing,
+                    parity=parity.to_dict())
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "done").write_text("ok\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(entry, ignore_errors=True)
     tmp.rename(entry)
+
+
+def cached_entries(cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Complete cache entries of this converter version: name, source, entry folder, parity (dict or None)."""
+    folder = cache_root(cache_dir) / "models"
+    rows = []
+    for entry in sorted(folder.glob(f"*-v{CONVERTER_VERSION}")) if folder.is_dir() else []:
+        if not _is_complete(entry):
+            continue
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        rows.append(dict(name=meta["source"]["label"], kind=meta["source"]["kind"], location=meta["source"]["location"],
+                         entry=str(entry), parity=meta.get("parity")))
+    return rows
 
 
 def _load_cached(entry: Path) -> HookedTransformer:
@@ -213,14 +308,15 @@ def _load_cached(entry: Path) -> HookedTransformer:
     if {k for k, _ in model.named_parameters()} != set(params):
         raise InputError(f"the model cache entry {entry} does not match its config; delete it and load again")
     model.load_state_dict(params, strict=False, assign=True)
-    model.source = json.loads((entry / "meta.json").read_text())["source"]
+    meta = json.loads((entry / "meta.json").read_text())
+    model.source = meta["source"]
+    model.parity = Parity.from_dict(meta["parity"]) if meta.get("parity") else None
     return model.eval()
 
 
-def _place(model: HookedTransformer, device: Any, dtype: Any) -> HookedTransformer:
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."))
+def _place(model: HookedTransformer, device: Any, dtype: torch.dtype | None) -> HookedTransformer:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is not None and dtype != model.cfg.dtype:
         model = model.to(dtype, print_details=False)
+        model.cfg.dtype = dtype
     return model.to(device, print_details=False)

@@ -1,4 +1,5 @@
-"""A model's vital statistics, as the atlas and `interp models` show them."""
+"""A model's vital statistics, as the atlas and `interp models` show them, with the parity
+against transformers measured when it was converted."""
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,17 @@ def model_card(model: HookedTransformer) -> dict[str, Any]:
         "prepends_bos": bool(cfg.default_prepend_bos),
         "bos_token": getattr(tok, "bos_token", None),
         "has_chat_template": bool(getattr(tok, "chat_template", None)),
+        "parity": _parity(model),
     }
     return card
+
+
+def _parity(model: HookedTransformer) -> dict[str, Any] | None:
+    """The log-prob agreement with transformers measured at conversion (None: not loaded by load_model)."""
+    from interp.loading import parity_of
+
+    parity = parity_of(model)
+    return None if parity is None else parity.to_dict()
 
 
 def _attention_layout(model: HookedTransformer) -> list[str]:

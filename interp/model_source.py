@@ -41,6 +41,7 @@ def resolve(name_or_path: str, cache_dir: Path) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"{path} is a directory without config.json; name a Hugging Face model directory or a .gguf file")
+        _check_hf_dir(path)
         files = sorted(p for p in path.iterdir() if p.is_file())
         return ModelSource("hf_dir", path.name, str(path.resolve()), _dir_fingerprint(files))
     if text.endswith(".gguf") or os.sep in text and not _HUB_ID.match(text) or text.startswith((".", "~")):
@@ -51,6 +52,29 @@ def resolve(name_or_path: str, cache_dir: Path) -> ModelSource:
         f"unknown model {text!r}; available: {', '.join(EMBEDDED)} "
         f"(or a local .gguf file, a local Hugging Face directory, or a hub id like org/name)"
     )
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def _check_hf_dir(path: Path) -> None:
+    """An HF directory needs a config.json that parses (its weights are checked once its
+    architecture is known to be supported: `check_weights`)."""
+    import json
+
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        where = f" (line {err.lineno}, column {err.colno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
+        raise InputError(f"{path / 'config.json'} is not valid JSON{where}; fix it or save the model again with "
+                         f"save_pretrained") from None
+
+
+def check_weights(path: Path) -> None:
+    """InputError unless the HF directory holds at least one weight file."""
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise InputError(f"{path} has config.json but no weight files (model.safetensors or pytorch_model.bin); "
+                         f"save the model there with save_pretrained, or copy its weight files in")
 
 
 def _check_gguf(path: Path) -> None:
