@@ -145,6 +145,14 @@ def trace(
     check_index(_parse_indices(heads, "heads"), facts.n_heads, "heads", facts.name)
     if max_pattern_tokens < 1:
         raise InputError(f"--max-pattern-tokens {max_pattern_tokens} must be at least 1")
+    if not stats:
+        from interp.capture import ACTIVATIONS
+
+        names = [w.strip() for w in what.split(",") if w.strip()]
+        unknown = [x for x in names if x not in ACTIVATIONS]
+        if unknown or not names:
+            raise InputError(f"--what: unknown activation {unknown[0] if unknown else '(none)'!r}; choose from "
+                             f"{', '.join(ACTIVATIONS)}")
     net = load_cli_model(model, device)
     with staged_output(out) as stage:
         if stats:
@@ -186,15 +194,19 @@ def atlas(
     max_tokens: int = typer.Option(128, min=2, help="tokens per passage"),
 ):
     """The main job: every analysis on one model → OUT/report.html (offline) and OUT/atlas.json."""
-    from interp.atlas import run_atlas
+    from interp.atlas import AtlasConfig, run_atlas
     from interp.output import check_out, staged_output
+    from interp.plugins import load_plugins
 
+    names = tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None else None
+    config = AtlasConfig(seed=seed, n_texts=n_texts, max_tokens=max_tokens, sections=names)
+    config.check([name for name, _ in load_plugins().atlas_sections])
     facts = check_model(model, device)
     check_tokens(max_tokens, facts, "max-tokens")
     check_out(out)
     net = load_cli_model(model, device)
     with staged_output(out) as stage:
-        body = run_atlas(net, stage, seed=seed, n_texts=n_texts, max_tokens=max_tokens)
+        body = run_atlas(net, stage, config)
     doc = {"schema": "interp.atlas/1", "model": net.cfg.model_name, **body}
     emit(as_json, doc, f"atlas of {net.cfg.model_name}: {out}/report.html and {out}/atlas.json")
 

@@ -148,6 +148,7 @@ BAD_INPUTS = [
     (["trace", "-t", "hi", "--layers", "30"], "--layers 30 is out of range; smollm2-135m has layers 0-29"),
     (["trace", "-t", "hi", "--heads", "2,9"], "--heads 9 is out of range; smollm2-135m has heads 0-8"),
     (["trace", "-t", "hi", "--out", "{tmp}/file.txt"], "is a file"),
+    (["trace", "-t", "hi", "--what", "z,attn_weights"], "--what: unknown activation 'attn_weights'"),
     (["atlas", "--max-tokens", "9000"], "--max-tokens 9000 exceeds the context of smollm2-135m (8192 tokens)"),
     (["atlas", "--out", "{tmp}/file.txt/sub/out"], "cannot be a folder: "),
     (["atlas", "--model", "gemma3-270m", "--max-tokens", "40000"], "exceeds the context of gemma3-270m (32768 tokens)"),
