@@ -18,13 +18,13 @@ TAXONOMIES = [
     Taxonomy("previous-token", "head_types", "previous_token", 0.4,
              "mean attention from each token to the one before it, on real text", "TransformerLens head_detector"),
     Taxonomy("duplicate-token", "head_types", "duplicate_token", 0.3,
-             "mean attention to the earlier copy of the current token, on repeated random tokens",
-             "TransformerLens head_detector"),
+             "mean attention to the earlier copy of the current token, on repeated random tokens "
+             "(RazorAttention's echo heads)", "TransformerLens head_detector; Tang et al. 2024"),
     Taxonomy("induction", "head_types", "induction", 0.3,
              "mean attention to the token after the earlier copy of the current token, on repeated random tokens",
              "Olsson et al. 2022; TransformerLens head_detector"),
-    Taxonomy("echo", "head_types", "echo", 0.3, "mean attention to the earlier copy of the current token (RazorAttention)",
-             "Tang et al. 2024"),
+    # RazorAttention's echo heads (Tang et al. 2024) read the duplicate-token pattern itself (circuits.heads
+    # computes `echo` as an alias), so they are not a taxonomy of their own: an overlap of 1 would say nothing.
     Taxonomy("first-token sink", "sinks.heads", "sink_rate", 0.5,
              "share of samples where alpha_0 (attention the first token receives per query) exceeds eps", "Gu et al. 2024"),
     Taxonomy("retrieval", "retrieval.heads", "retrieval_score", 0.1,

@@ -68,7 +68,7 @@ _SCRIPT = r"""
       const z=rows.map(r=>{const full=r.slice(); while(full.length<n) full.push(null); return full;});
       const div=el('div'); div.className='pattern'; card.appendChild(div);
       const ticks=ex.tokens.map((s,j)=>j+':'+s);
-      Plotly.newPlot(div,[{type:'heatmap',z:z,x:ticks,y:ticks,colorscale:'Blues',zmin:0,zmax:100,
+      Plotly.newPlot(div,[{type:'heatmap',z:z,x:ticks,y:ticks,colorscale:[[0,'#ffffff'],[1,'#08306b']],zmin:0,zmax:100,
         hovertemplate:'query %{y}<br>key %{x}<br>%{z}%<extra></extra>'}],
         {height:340,margin:{l:90,r:10,t:10,b:90},yaxis:{autorange:'reversed',tickfont:{size:8}},xaxis:{tickfont:{size:8}}},
         {displayModeBar:false});
