@@ -213,7 +213,7 @@ def run_with_edges(model: HookedTransformer, graph: Graph, part: PromptPairs, ab
         n0 = graph.srcs_before(start_layer)
         delta[:n0] = cache.delta[:n0]
     resid_pre: list[torch.Tensor] = []
-    embed = abl.embed.to(dev)
+    embed = abl.embed.to(dev, cfg.dtype)  # ablation values are float32; the model may be bf16/fp16
 
     flat = delta.view(graph.n_src, -1)
 
@@ -243,7 +243,7 @@ def run_with_edges(model: HookedTransformer, graph: Graph, part: PromptPairs, ab
 
     def on_z(layer):
         W_O = model.blocks[layer].attn.W_O
-        z_abl = abl.z[layer].to(dev)
+        z_abl = abl.z[layer].to(dev, cfg.dtype)
         first = graph.head_src(layer, 0)
 
         def hook(z, hook):
@@ -256,7 +256,7 @@ def run_with_edges(model: HookedTransformer, graph: Graph, part: PromptPairs, ab
         return lambda act, hook: correct(act, n, graph.mlp_dst(layer))
 
     def on_mlp_out(layer):
-        mlp_abl = abl.mlp_out[layer].to(dev)
+        mlp_abl = abl.mlp_out[layer].to(dev, cfg.dtype)
 
         def hook(act, hook):
             delta[graph.mlp_src(layer)] = act - mlp_abl
@@ -396,7 +396,7 @@ def _grad_run(model, graph: Graph, part: PromptPairs, abl: Ablation, alpha: floa
     cfg, dev = model.cfg, model.cfg.device
     acts: dict[tuple[str, int], torch.Tensor] = {}
     outputs: dict[tuple[str, int], torch.Tensor] = {}
-    embed_abl = abl.embed.to(dev)
+    embed_abl = abl.embed.to(dev, cfg.dtype)
 
     def on_embed(act, hook):
         if want_outputs:
@@ -477,12 +477,12 @@ def _deltas(model, graph: Graph, abl: Ablation, clean: dict) -> torch.Tensor:
     cfg, dev = model.cfg, model.cfg.device
     B, P = clean["embed"].shape[:2]
     d = torch.zeros(graph.n_src, B, P, cfg.d_model, device=dev, dtype=cfg.dtype)
-    d[0] = abl.embed.to(dev) - clean["embed"]
+    d[0] = abl.embed.to(dev, cfg.dtype) - clean["embed"]
     for l in range(cfg.n_layers):
         first = graph.head_src(l, 0)
-        dz = abl.z[l].to(dev) - clean["z"][l]
+        dz = abl.z[l].to(dev, cfg.dtype) - clean["z"][l]
         d[first:first + cfg.n_heads] = torch.einsum("bphe,hed->hbpd", dz, model.blocks[l].attn.W_O)
-        d[graph.mlp_src(l)] = abl.mlp_out[l].to(dev) - clean["mlp_out"][l]
+        d[graph.mlp_src(l)] = abl.mlp_out[l].to(dev, cfg.dtype) - clean["mlp_out"][l]
     return d
 
 
