@@ -39,7 +39,8 @@ Precision: the paths agree to about 1e-6. One case is ill-conditioned in the ker
 exclude_current_token, a head that puts almost all its attention on the current token (and key
 0) leaves a denominator ε = N − Σ A[i, i] found by subtraction, so its score carries an error of
 about 1e-7 · N / ε there (eager sums the remaining entries directly).
-"auto" runs sequences of up to 512 tokens eagerly and longer ones through the kernel path.
+"auto" runs sequences of up to 512 tokens eagerly and longer ones through the kernel path (always
+eagerly for a model the kernels cannot express, e.g. soft-capped attention scores).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ from transformer_lens import HookedTransformer
 from interp.capture import tokenize_prompts
 from interp.errors import InputError
 from interp.head_table import HeadTable
-from interp.kernel_attention import LayerStats, kernel_attention, layer_windows
+from interp.kernel_attention import LayerStats, kernel_attention, layer_windows, unsupported_features
 
 KINDS = {
     "previous_token": "attention from each token to the token just before it",
@@ -118,6 +119,8 @@ def head_type_scores(
     """
     kinds = _check_kinds(kinds)
     _check_method(method)
+    if method == "auto" and unsupported_features(model):  # e.g. soft-capping: the kernel path would refuse
+        method = "eager"
     seqs = _as_sequences(model, tokens)
     cfg = model.cfg
     patterns = sorted({_PATTERN_OF[k] for k in kinds})

@@ -99,7 +99,8 @@ def extend_context(model: HookedTransformer, n_ctx: int) -> None:
         model.cfg.n_ctx = n_ctx
 
 
-def _check_supported(model: HookedTransformer) -> None:
+def unsupported_features(model: HookedTransformer) -> list[str]:
+    """Features of `model` the fused kernels cannot express (empty: the kernel path is exact)."""
     cfg = model.cfg
     unsupported = {
         "attention soft-capping": cfg.attn_scores_soft_cap and cfg.attn_scores_soft_cap > 0,
@@ -108,7 +109,12 @@ def _check_supported(model: HookedTransformer) -> None:
         "log-n attention scaling": cfg.use_logn_attn,
         "bidirectional attention": cfg.attention_dir != "causal",
     }
-    found = [name for name, used in unsupported.items() if used]
+    return [name for name, used in unsupported.items() if used]
+
+
+def _check_supported(model: HookedTransformer) -> None:
+    cfg = model.cfg
+    found = unsupported_features(model)
     if found:
         raise InputError(f"fast trace does not support {', '.join(found)} (model {cfg.model_name}); use the eager capture instead")
 

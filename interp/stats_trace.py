@@ -6,6 +6,9 @@ every head and query, entropy, largest probability and its key, mass on the firs
 the number of queries that see the key, Gu et al.). Memory grows linearly in the prompt length.
 α of the first token comes from the per-query sink mass (α_0 = Σ_i sink_mass_i / #queries that
 see key 0); `received=True` adds the key-major pass for α of every key (`alpha`, [layer, head, key]).
+A model with a feature the kernels cannot express (soft-capped scores, ALiBi, learned sinks: see
+`interp.kernel_attention.unsupported_features`) gets the same statistics computed eagerly from its
+attention pattern instead (O(pos²) memory per layer; `lse` is then NaN), never a wrong number.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from transformer_lens import HookedTransformer
 
 from interp.capture import tokenize_prompts
 from interp.head_table import HeadTable
-from interp.kernel_attention import LayerStats, kernel_attention, queries_per_key
+from interp.kernel_attention import LayerStats, kernel_attention, queries_per_key, unsupported_features
 
 PER_QUERY = ("entropy", "max_prob", "argmax", "sink_mass")
 
@@ -84,12 +87,16 @@ def _equal_length_batches(tokens: list[torch.Tensor], batch_tokens: int) -> list
 
 
 def _trace_batch(model, batch: torch.Tensor, sink_tokens, spans, received, backend) -> list[dict[str, torch.Tensor]]:
-    """Run equal-length prompts [batch, pos] under kernel attention; one dict per prompt of
+    """Run equal-length prompts [batch, pos] under kernel attention (or, for a model the kernels
+    cannot express, e.g. soft-capped scores, eagerly from hook_pattern); one dict per prompt of
     name → [layer, head, pos] (alpha_first: [layer, head])."""
     layers: dict[int, LayerStats] = {}
-    with torch.no_grad(), kernel_attention(model, sink_tokens=sink_tokens, spans=spans, received=received, backend=backend,
-                                           on_layer=lambda l, s: layers.__setitem__(l, s)):
-        model(batch.to(model.cfg.device), return_type=None)
+    if unsupported_features(model):
+        layers = _eager_layer_stats(model, batch, sink_tokens, spans, received)
+    else:
+        with torch.no_grad(), kernel_attention(model, sink_tokens=sink_tokens, spans=spans, received=received,
+                                               backend=backend, on_layer=lambda l, s: layers.__setitem__(l, s)):
+            model(batch.to(model.cfg.device), return_type=None)
     order = sorted(layers)
     stacked = {name: torch.stack([getattr(layers[l].stats, name) for l in order], 1) for name in PER_QUERY}
     stacked["alpha_first"] = stacked["sink_mass"].sum(-1) / queries_per_key(model, batch.shape[1])[:, :1]
@@ -98,6 +105,35 @@ def _trace_batch(model, batch: torch.Tensor, sink_tokens, spans, received, backe
     if spans:
         stacked["span_mass"] = torch.stack([layers[l].stats.span_mass for l in order], 1)
     return [{name: value[b] for name, value in stacked.items()} for b in range(batch.shape[0])]
+
+
+def _eager_layer_stats(model, batch: torch.Tensor, sink_tokens: int, spans, received: bool) -> dict[int, LayerStats]:
+    """The kernels' statistics computed from TransformerLens' own attention pattern [batch, head,
+    query, key] (O(pos²) memory per layer): the path for features the kernels do not express."""
+    import kernels
+
+    out: dict[int, LayerStats] = {}
+    n = batch.shape[1]
+    seen = queries_per_key(model, n)  # [layer, key] queries that see each key
+
+    def keep(pattern: torch.Tensor, hook) -> None:
+        p = pattern.detach().float()
+        layer = hook.layer()
+        plogp = torch.where(p > 0, p * p.clamp_min(1e-45).log(), torch.zeros_like(p))
+        max_prob, argmax = p.max(-1)
+        span_cols = [p[..., max(0, a):min(b, n)].sum(-1) for a, b in (spans or [])]
+        span_mass = torch.stack(span_cols, -1) if span_cols else p.new_zeros(*p.shape[:3], 0)
+        stats = kernels.AttentionStats(lse=p.new_full(p.shape[:3], float("nan")), entropy=-plogp.sum(-1),
+                                       max_prob=max_prob, argmax=argmax, sink_mass=p[..., :sink_tokens].sum(-1),
+                                       span_mass=span_mass)
+        got = p.sum(-2) if received else None  # [batch, head, key]
+        alpha = got / seen[layer].clamp_min(1).to(got) if received else None
+        out[layer] = LayerStats(stats.to("cpu"), None if got is None else got.cpu(), None if alpha is None else alpha.cpu())
+
+    with torch.no_grad():
+        model.run_with_hooks(batch.to(model.cfg.device), return_type=None,
+                             fwd_hooks=[(lambda name: name.endswith("attn.hook_pattern"), keep)])
+    return out
 
 
 def _save(folder: Path, i: int, one: dict[str, torch.Tensor]) -> None:
