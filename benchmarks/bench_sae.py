@@ -67,7 +67,11 @@ def main() -> None:
     )
 
     sae = load_sae(args.out, device=args.device)
-    _, held = split_contexts(token_contexts(model, "bible", context_size=training["context_size"]), 0.02, seed=0)
+    contexts = token_contexts(model, "bible", context_size=training["context_size"])
+    if "data" in training:  # exactly the contexts training held out
+        held = contexts[torch.tensor(training["data"]["held_out_ids"])]
+    else:  # an SAE trained before the split was recorded (seed 0, 2 %)
+        _, held = split_contexts(contexts, 0.02, seed=0)
     t0 = time.time()
     metrics = evaluate_sae(model, sae, held[: args.eval_contexts], layer=args.layer,
                            frequency_tokens=held[args.eval_contexts:])

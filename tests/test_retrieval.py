@@ -231,8 +231,6 @@ def test_needle_accuracy_is_rouge1_recall_of_the_greedy_answer(worded):
 
 
 def test_masking_experiment_masks_the_right_heads_and_scores_their_answers(worded):
-    import pandas as pd
-
     from interp.head_table import HeadTable
 
     prompts = random_prompts([12, 15, 17], seed=21)
