@@ -22,6 +22,22 @@ OUT = typer.Option(..., "--out", "-o", help="output folder (created; existing fi
 JSON = typer.Option(False, "--json", help="print the result as JSON on stdout")
 SEED = typer.Option(0, "--seed", help="seed for every random choice")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)")
+LOAD_OPTIONS: dict = {}  # load_model options every command's model gets: set by the global --dtype / --no-parity-check
+
+
+@app.callback()
+def _global_options(
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="weights and activations: float32 (default), bfloat16, "
+                                        "float16 (converted and parity-checked in float32, then cast)"),
+    no_parity_check: bool = typer.Option(False, "--no-parity-check", help="load a model even when its log-probs "
+                                         "differ from transformers' by more than 1e-3 (the difference is recorded)"),
+):
+    """interp-workbench: trace every attention head, find circuits, export reports."""
+    from interp.loading import parse_dtype
+
+    LOAD_OPTIONS.clear()
+    LOAD_OPTIONS.update(dtype=parse_dtype(dtype), check=not no_parity_check)
+
 
 
 def load_cli_model(model: str, device: Optional[str]):
@@ -29,7 +45,7 @@ def load_cli_model(model: str, device: Optional[str]):
     from interp.loading import load_model
 
     check_model(model, device)
-    return load_model(model, device=device)
+    return load_model(model, device=device, **LOAD_OPTIONS)
 
 
 def check_model(model: str, device: Optional[str] = None):
@@ -77,14 +93,23 @@ def emit(as_json: bool, doc: dict, human: str) -> None:
 
 @app.command()
 def models(as_json: bool = JSON):
-    """List the embedded models, where their weights come from and whether they are installed."""
-    from interp.loading import cache_root
+    """List the embedded models, the converted models in the cache with their measured parity
+    against transformers, and the architectures a local directory or hub id may have."""
+    from interp.loading import cache_root, cached_entries
     from interp.model_registry import embedded_status
+    from interp.tl_config import SUPPORTED_FAMILIES
 
-    rows = embedded_status()
-    doc = {"schema": "interp.models/1", "model": None, "cache": str(cache_root()), "models": rows}
+    rows, cached = embedded_status(), cached_entries()
+    doc = {"schema": "interp.models/1", "model": None, "cache": str(cache_root()), "models": rows, "cached": cached,
+           "architectures": SUPPORTED_FAMILIES}
     lines = [f"{r['name']:<14} {'installed' if r['installed'] else 'not installed':<14} {r['description']}" for r in rows]
-    lines.append(f"also: any local .gguf file, local Hugging Face directory, or hub id. Cache: {cache_root()}")
+    lines.append(f"converted in the cache ({cache_root()}):" if cached else f"nothing converted yet in {cache_root()}")
+    for c in cached:
+        p = c["parity"]
+        parity = "parity not measured" if not p else (f"parity {p['max_logprob_diff']:.1e} nats "
+                                                      f"({'ok' if p['passed'] else 'ABOVE ' + format(p['tolerance'], 'g')})")
+        lines.append(f"  {c['name']:<24} {parity:<32} {c['location']}")
+    lines.append(f"also: any local .gguf file, local Hugging Face directory, or hub id of: {SUPPORTED_FAMILIES}")
     emit(as_json, doc, "\n".join(lines))
 
 

@@ -203,10 +203,10 @@ def _convert_into(source: ModelSource, entry: Path, check: bool) -> None:
     hf_model, tokenizer = _load_hf(source)
     model, processing = convert(hf_model, tokenizer, name=source.label, tokenizer_name=source.location)
     parity = measure(model, hf_model, tokenizer)
-    log.info("%s: %s", source.label, parity.line())
     del hf_model
     if check and not parity.passed:
         raise InputError(refusal(model.cfg.original_architecture, parity))
+    log.info("%s: %s", source.label, parity.line())
     _write_entry(entry, model, source, parity, processing)
 
 

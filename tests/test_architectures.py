@@ -1,0 +1,296 @@
+"""Every architecture family through load_model and every analysis, on tiny random-weight models.
+
+Each model is built with transformers (2 layers, d_model 64, 320-token vocabulary; tests/tiny.py),
+saved with save_pretrained into a temporary directory and loaded with `interp.load_model(dir)`
+with the network refused. References are independent of our code: transformers' own eager
+float32 forward for log-probs, TransformerLens' attention pattern (run_with_cache) for the
+attention statistics, the model's plain forward for the edge-level graph runs.
+"""
+import json
+
+import pytest
+import torch
+
+import interp
+from circuits.discovery import attribute, build_graph, run_with_edges
+from circuits.heads import head_type_scores
+from circuits.sinks import sink_scores
+from conftest import no_network
+from interp import InputError
+from interp.kernel_attention import layer_windows, unsupported_features
+from interp.loading import parity_of
+from interp.patching import PromptPairs, ablation_values, run_last_logits
+from tests.tiny import ROPE_THRESHOLD, WINDOW, save_tiny_hf, tiny_hf_configs, tiny_tokenizer
+
+ARCHS = list(tiny_hf_configs())
+LONG = ROPE_THRESHOLD + 16  # tokens: past the rope-scaling threshold and every sliding window
+assert LONG > WINDOW
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """label → (HF model, its directory); built once per module."""
+    root = tmp_path_factory.mktemp("archs")
+    return {label: (save_tiny_hf(label, root / label), root / label) for label in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("arch-cache")
+
+
+@pytest.fixture(scope="module")
+def loaded(zoo, cache):
+    """label → HookedTransformer, converted lazily (each test asks for its own) and kept."""
+    models = {}
+
+    def get(label):
+        if label not in models:
+            with no_network():
+                models[label] = interp.load_model(zoo[label][1], device="cpu", cache_dir=cache)
+        return models[label]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _prompts(tok):
+    texts = ["When Mary and John went to the store, John gave a drink to", "The Eiffel Tower is in"]
+    ids = [torch.tensor(tok(t).input_ids) for t in texts]
+    long = tok(" ".join(interp.texts.sample_texts(3, seed=4))).input_ids[:LONG]
+    assert len(long) == LONG
+    return ids + [torch.tensor(long)]
+
+
+@pytest.mark.parametrize("label", ARCHS)
+def test_logprobs_match_transformers(label, zoo, loaded, tok):
+    hf, _ = zoo[label]
+    model = loaded(label)
+    gap = 0.0
+    with torch.no_grad():
+        for ids in _prompts(tok):
+            ours = model(ids[None]).double().log_softmax(-1)
+            ref = hf(ids[None]).logits.double().log_softmax(-1)
+            gap = max(gap, (ours - ref).abs().max().item())
+    print(f"PARITY {label} {type(hf).__name__} {gap:.1e}")
+    assert gap < 1e-3
+    parity = parity_of(model)
+    assert parity.passed and parity.max_logprob_diff < 1e-3 and parity.enforced
+    assert max(parity.prompt_lengths) > ROPE_THRESHOLD  # the load-time check covered the long range too
+    assert model.cfg.original_architecture == type(hf).__name__
+
+
+def _pattern_reference(model, tokens):
+    """Per prompt: [layer, head, query, key] attention pattern from TransformerLens' own cache."""
+    out = []
+    with torch.no_grad():
+        for t in tokens:
+            _, c = model.run_with_cache(t[None], names_filter=lambda n: n.endswith("hook_pattern"))
+            out.append(torch.stack([c["pattern", layer][0] for layer in range(model.cfg.n_layers)]).double())
+    return out
+
+
+@pytest.mark.parametrize("label", ARCHS)
+def test_every_analysis_runs_and_agrees_with_the_eager_pattern(label, loaded, tok):
+    model = loaded(label)
+    texts = interp.texts.sample_texts(3, seed=5, max_chars=160)
+    tokens = [model.to_tokens(t)[0, :20] for t in texts]
+    patterns = _pattern_reference(model, tokens)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+
+    cap = interp.capture(model, tokens, names=["entropy", "sink_mass", "z"], progress=False)
+    ent = torch.cat([-(p * p.clamp_min(1e-300).log()).sum(-1) for p in patterns], -1).mean(-1)  # [layer, head]
+    assert torch.allclose(cap.head_means("entropy").double(), ent, atol=1e-4)
+    assert cap.get("z", 0, 0).shape[-2:] == (H, model.cfg.d_head)
+
+    table = interp.head_summary(model, texts, max_tokens=20, progress=False)
+    sink = torch.cat([p[..., 0] for p in patterns], -1).mean(-1)
+    assert torch.allclose(torch.tensor(table.grid("sink_mass").values), sink, atol=1e-4)
+
+    # Gu et al.'s alpha of the first token: mean attention on key 0 over the queries that see it
+    alpha = sink_scores(model, texts, max_tokens=20, progress=False)
+    windows = layer_windows(model)
+    ref = torch.stack([torch.stack([p[layer, :, :min(len(t), windows[layer] or len(t)), 0].mean(-1) for layer in range(L)])
+                       for p, t in zip(patterns, tokens)]).mean(0)
+    assert torch.allclose(torch.tensor(alpha.grid("alpha").values), ref, atol=1e-4)
+
+    prev = head_type_scores(model, torch.stack(tokens), ["previous_token"])
+    prev_ref = torch.stack([torch.diagonal(p, offset=-1, dim1=-2, dim2=-1).sum(-1) / p.shape[-1] for p in patterns]).mean(0)
+    assert torch.allclose(torch.tensor(prev.grid("previous_token").values), prev_ref, atol=1e-4)
+    if unsupported_features(model):  # e.g. Gemma 2's soft-capping, Bloom's ALiBi: refuse, never a wrong number
+        with pytest.raises(InputError, match="fast trace does not support"):
+            head_type_scores(model, torch.stack(tokens), ["previous_token"], method="kernel")
+    else:
+        kern = head_type_scores(model, torch.stack(tokens), ["previous_token"], method="kernel")
+        assert torch.allclose(torch.tensor(kern.grid("previous_token").values), prev_ref, atol=1e-4)
+
+    _check_eap(model)
+
+
+def _check_eap(model):
+    """Edge-level runs reproduce the model's own clean and corrupted forwards; EAP scores every edge.
+    Discovery's graph needs sequential blocks writing straight into the residual stream: parallel
+    attention+MLP (GPT-J, NeoX, Phi) and post-norms (Gemma 2/3) are refused in one line instead."""
+    cfg = model.cfg
+    if cfg.parallel_attn_mlp or cfg.use_normalization_before_and_after:
+        with pytest.raises(InputError, match="circuit discovery needs sequential attention"):
+            build_graph(model)
+        return
+    g = torch.Generator().manual_seed(3)
+    clean, corrupt = (torch.randint(3, model.cfg.d_vocab, (4, 6), generator=g) for _ in range(2))
+    pairs = PromptPairs.from_lists(list(clean), list(corrupt), answer=[5] * 4, wrong=[7] * 4)
+    abl = ablation_values(model, pairs, "corrupt")
+    graph = build_graph(model)
+    full = run_with_edges(model, graph, pairs, abl, graph.allowed)
+    empty = run_with_edges(model, graph, pairs, abl, torch.zeros_like(graph.allowed))
+    assert torch.allclose(full, run_last_logits(model, pairs.clean, pairs.last), atol=2e-4)
+    assert torch.allclose(empty, run_last_logits(model, pairs.corrupt, pairs.last), atol=2e-4)
+    scores = attribute(model, pairs, method="eap", ablation=abl).scores
+    assert torch.isfinite(scores).all() and scores.abs().max() > 0
+
+
+def test_kernel_features_are_named(loaded):
+    assert unsupported_features(loaded("gemma2")) == ["attention soft-capping"]
+    assert unsupported_features(loaded("llama3-rope")) == []
+    assert loaded("llama3-rope").cfg.use_NTK_by_parts_rope  # converted by TL, not ignored
+
+
+def _yarn_llama(folder):
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ROPE_THRESHOLD, "rope_theta": 1e4}
+    return save_tiny_hf("llama", folder, rope_parameters=rope)
+
+
+def _entries(cache):
+    return sorted(p.name for p in (cache / "models").iterdir() if not p.name.endswith(".lock")) \
+        if (cache / "models").is_dir() else []
+
+
+def test_unhandled_rope_scaling_is_refused_in_one_line_and_caches_nothing(tmp_path):
+    _yarn_llama(tmp_path / "yarn")
+    cache = tmp_path / "cache"
+    with no_network(), pytest.raises(InputError) as err:
+        interp.load_model(tmp_path / "yarn", device="cpu", cache_dir=cache)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("LlamaForCausalLM does not convert faithfully")
+    assert "rope_scaling.rope_type=yarn" in message and "--no-parity-check" in message
+    gap = float(message.split("differ from transformers' by ")[1].split(" nats")[0])
+    assert gap > 1e-3
+    assert _entries(cache) == []
+
+    with no_network():
+        model = interp.load_model(tmp_path / "yarn", device="cpu", cache_dir=cache, check=False)
+    parity = parity_of(model)
+    assert not parity.passed and not parity.enforced and parity.max_logprob_diff == pytest.approx(gap, rel=1e-2)
+    assert interp.model_card(model)["parity"]["max_logprob_diff"] == parity.max_logprob_diff
+    assert len(_entries(cache)) == 1
+    meta = json.loads((cache / "models" / _entries(cache)[0] / "meta.json").read_text())
+    assert meta["parity"]["passed"] is False
+    with pytest.raises(InputError, match="does not convert faithfully"):  # the cached entry is checked again
+        interp.load_model(tmp_path / "yarn", device="cpu", cache_dir=cache)
+
+
+def _bad_inputs(tmp_path):
+    """name → (directory, expected message fragment)."""
+    import transformers
+
+    out = {}
+    d = tmp_path / "no-weights"
+    d.mkdir()
+    transformers.LlamaConfig(**tiny_hf_configs()["llama"][1]).save_pretrained(d)
+    out["no weights"] = (d, "has config.json but no weight files")
+    d = tmp_path / "bad-json"
+    d.mkdir()
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
+    out["invalid json"] = (d, "config.json is not valid JSON")
+    for name, cls, kwargs, what in [
+        ("bert", "BertConfig", dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, architectures=["BertForMaskedLM"]), "encoder-only"),
+        ("t5", "T5Config", dict(vocab_size=64, d_model=32, num_layers=1, num_heads=2, d_ff=64, d_kv=16,
+                                architectures=["T5ForConditionalGeneration"]), "encoder-decoder (seq2seq)"),
+        ("falcon", "FalconConfig", dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        architectures=["FalconForCausalLM"]), "unsupported architecture FalconForCausalLM"),
+    ]:
+        d = tmp_path / name
+        getattr(transformers, cls)(**kwargs).save_pretrained(d)
+        torch.save({}, d / "pytorch_model.bin")  # a weight file is present; the config alone must be refused
+        out[name] = (d, what)
+    return out
+
+
+def test_bad_model_directories_are_named_before_weights_are_read(tmp_path):
+    cache = tmp_path / "cache"
+    for name, (folder, fragment) in _bad_inputs(tmp_path).items():
+        with no_network(), pytest.raises(InputError) as err:
+            interp.load_model(folder, cache_dir=cache)
+        assert fragment in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+    assert "Gemma 2" in str(err.value) and "GPT-2" in str(err.value)  # the unsupported one lists the families
+    assert _entries(cache) == []
+
+
+def _cli(capsys, *argv):
+    from interp.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("interp: error:")]
+    return code, captured.out, errors, captured.err
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    cases = _bad_inputs(tmp_path)
+    _yarn_llama(tmp_path / "yarn")
+    cases["parity failure"] = (tmp_path / "yarn", "rope_scaling.rope_type=yarn")
+    for name, (folder, fragment) in cases.items():
+        code, _, errors, err = _cli(capsys, "trace", "--model", str(folder), "--out", str(tmp_path / "out"), "-t", "hi")
+        assert code == 2 and len(errors) == 1 and fragment in errors[0] and "Traceback" not in err, (name, err)
+    assert not (tmp_path / "out").exists() and _entries(tmp_path / "cache") == []
+    code, _, errors, _ = _cli(capsys, "--dtype", "int3", "models")
+    assert code == 2 and "is not one of float32, bfloat16, float16" in errors[0]
+
+
+def test_cli_no_parity_check_and_dtype_load_and_models_lists_parity(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    _yarn_llama(tmp_path / "yarn")
+    save_tiny_hf("qwen2", tmp_path / "qwen2")
+    code, _, errors, err = _cli(capsys, "--no-parity-check", "trace", "--model", str(tmp_path / "yarn"),
+                                "--out", str(tmp_path / "o1"), "-t", "The cat sat on the mat.")
+    assert code == 0 and not errors, err
+    code, _, errors, err = _cli(capsys, "--dtype", "bfloat16", "trace", "--model", str(tmp_path / "qwen2"),
+                                "--out", str(tmp_path / "o2"), "-t", "The cat sat on the mat.")
+    assert code == 0 and not errors, err
+    code, out, _, _ = _cli(capsys, "models", "--json")
+    doc = json.loads(out)
+    parity = {c["name"]: c["parity"] for c in doc["cached"]}
+    assert parity["yarn"]["passed"] is False and parity["yarn"]["max_logprob_diff"] > 1e-3
+    assert parity["qwen2"]["passed"] is True and parity["qwen2"]["max_logprob_diff"] < 1e-3
+    code, out, _, _ = _cli(capsys, "models")
+    assert "yarn" in out and "ABOVE" in out and "Gemma 2" in out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_every_analysis(dtype, zoo, cache):
+    with no_network():
+        model = interp.load_model(zoo["llama"][1], device="cpu", cache_dir=cache, dtype=dtype)
+    assert model.cfg.dtype == dtype and model.W_Q.dtype == dtype
+    assert parity_of(model).max_logprob_diff < 1e-3  # measured in float32 at conversion
+    texts = interp.texts.sample_texts(2, seed=5, max_chars=120)
+    f32 = interp.load_model(zoo["llama"][1], device="cpu", cache_dir=cache)
+    a = interp.head_summary(model, texts, max_tokens=16, progress=False)
+    b = interp.head_summary(f32, texts, max_tokens=16, progress=False)
+    assert torch.allclose(torch.tensor(a.grid("entropy").values), torch.tensor(b.grid("entropy").values), atol=0.05)
+    cap = interp.capture(model, [model.to_tokens(texts[0])[0, :16]], names=["z"], progress=False)
+    assert torch.isfinite(cap.get("z", 1, 0).float()).all()
+    g = torch.Generator().manual_seed(3)
+    clean, corrupt = (torch.randint(3, model.cfg.d_vocab, (4, 6), generator=g) for _ in range(2))
+    pairs = PromptPairs.from_lists(list(clean), list(corrupt), answer=[5] * 4, wrong=[7] * 4)
+    scores = attribute(model, pairs, method="eap", ablation="mean").scores
+    ref = attribute(f32, pairs, method="eap", ablation="mean").scores
+    assert torch.isfinite(scores).all()
+    top = ref.abs().flatten().argmax()
+    assert torch.sign(scores.flatten()[top]) == torch.sign(ref.flatten()[top])
