@@ -235,7 +235,8 @@ def test_bad_model_directories_are_named_before_weights_are_read(tmp_path):
 def _cli(capsys, *argv):
     from interp.cli import main
 
-    code = main(list(argv))
+    with no_network():
+        code = main(list(argv))
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("interp: error:")]
     return code, captured.out, errors, captured.err

@@ -175,7 +175,7 @@ def test_corrupt_cache_entry_is_rebuilt_not_trusted(smollm2, tmp_path, cache_dir
     weights.write_bytes(weights.read_bytes()[:1000])
     conversions = []
 
-    def convert_again(source, target):  # stands in for the 30-s conversion: the good entry's files
+    def convert_again(source, target, check):  # stands in for the 30-s conversion: the good entry's files
         conversions.append(target)
         shutil.rmtree(target)
         shutil.copytree(entry, target)
@@ -188,3 +188,25 @@ def test_corrupt_cache_entry_is_rebuilt_not_trusted(smollm2, tmp_path, cache_dir
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     interp.load_model("smollm2-135m", device="cpu", cache_dir=root)
     assert conversions == [broken], "a complete entry is read, not converted again"
+
+
+def test_embedded_models_carry_the_parity_measured_at_conversion(smollm2, gemma3):
+    """Every conversion is checked against transformers; the number is kept and shown in the model card."""
+    from interp.loading import parity_of
+
+    for model in (smollm2, gemma3):
+        parity = parity_of(model)
+        assert parity.passed and 0 < parity.max_logprob_diff < 1e-3 and parity.enforced
+        assert interp.model_card(model)["parity"] == parity.to_dict()
+    assert max(parity_of(gemma3).prompt_lengths) > 512  # past Gemma 3's sliding window
+
+
+def test_dtype_is_parsed_and_applied(smollm2, cache_dir):
+    with pytest.raises(InputError, match="dtype 'int3' is not one of float32, bfloat16, float16"):
+        interp.load_model("smollm2-135m", cache_dir=cache_dir, dtype="int3")
+    half = interp.load_model("smollm2-135m", device="cpu", cache_dir=cache_dir, dtype="bf16")
+    assert half.cfg.dtype == torch.bfloat16 and half.W_Q.dtype == torch.bfloat16
+    ids = half.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        gap = (half(ids).float().log_softmax(-1) - smollm2(ids).log_softmax(-1)).abs()[0, -1].max().item()
+    assert gap < 0.5  # bf16 keeps ~3 significant digits; the last position's log-probs stay close
