@@ -14,6 +14,8 @@ import typer
 from circuits.active_dormant import active_dormant
 from circuits.heads import head_type_scores, repeated_random_tokens
 from circuits.sinks import extreme_tokens, sink_scores
+from circuits.taxonomy import TAXONOMIES, dormant_labels
+from interp.head_atlas import HeadAtlas
 from interp.cli import DEVICE, JSON, OUT, SEED, check_model, emit, load_cli_model
 from interp.errors import InputError
 from interp.texts import sample_texts
@@ -50,6 +52,33 @@ def summary_row(result: dict) -> dict[str, Any]:
     }
 
 
+def model_atlas(result: dict) -> HeadAtlas:
+    """One model's taxonomy as a head atlas: the circuits taxonomies its tables can express (sinks,
+    duplicate-token, induction) and its dormant-domain labels."""
+    tables = {"sinks.heads": result["sinks"], "head_types": result["types"]}
+    dormant = result["dormant"]
+    section = {"params": dormant.get("params", {}), "per_domain": dormant["stats"].to_dict(orient="records"),
+               "switching": dormant["switching"].to_dict(orient="records")}
+    card = result["card"]
+    return HeadAtlas(card["name"], card["n_layers"], card["n_heads"], tables, TAXONOMIES, dormant_labels(section))
+
+
+def overlap_figure(results: list[dict]):
+    """The taxonomy overlaps (Jaccard of top sets) of each model, side by side."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    overlaps = [model_atlas(r).overlaps() for r in results]
+    fig = make_subplots(rows=1, cols=len(results), subplot_titles=[
+        f"{r['card']['name']}: Jaccard of top-{o.k} heads" for r, o in zip(results, overlaps)])
+    for col, o in enumerate(overlaps, start=1):
+        names = list(o.jaccard.index)
+        fig.add_trace(go.Heatmap(z=o.jaccard.to_numpy(), x=names, y=names, zmin=0, zmax=1, colorscale="Viridis",
+                                 showscale=col == len(results)), 1, col)
+        fig.update_yaxes(autorange="reversed", row=1, col=col)
+    return fig
+
+
 def figures(results: list[dict]) -> list:
     """Side-by-side heatmaps of α per model, and per-layer curves on relative depth."""
     import plotly.graph_objects as go
@@ -72,7 +101,7 @@ def figures(results: list[dict]) -> list:
                          xaxis_title="layer / (n_layers − 1)", yaxis_type="log")
     induction = go.Figure([go.Box(y=r["types"]["induction"], name=r["card"]["name"], boxpoints="all") for r in results])
     induction.update_layout(title="induction scores of every head", yaxis_title="induction score")
-    return [heat, curves, induction]
+    return [heat, curves, induction, overlap_figure(results)]
 
 
 def compare_command(
@@ -98,7 +127,8 @@ def compare_command(
     body = {"models": table.to_dict(orient="records"),
             "per_model": {r["card"]["name"]: {"sinks": r["sinks"].to_dict(), "types": r["types"].to_dict(),
                                               "extreme_tokens": r["extreme"].to_dict(orient="records"),
-                                              "switching": r["dormant"]["switching"].to_dict(orient="records")}
+                                              "switching": r["dormant"]["switching"].to_dict(orient="records"),
+                                              "overlaps": model_atlas(r).overlaps().to_dict()}
                           for r in results}}
     part = {"title": "Side by side", "figures": figures(results), "tables": [("headline numbers", table)],
             "text": f"<p>{n_texts} real texts (seed {seed}); induction on 4 × 128 random tokens repeated twice; "
