@@ -74,7 +74,17 @@ def test_cli_eval_writes_a_report_and_rejects_a_bad_sae(smollm2, sae_dir, tmp_pa
     doc = json.loads(run.stdout)
     assert doc["schema"] == "interp.sae_eval/1" and doc["layer"] == LAYER
     assert doc["metrics"]["l0"] == pytest.approx(8.0)
-    assert doc["metrics"]["ce_loss_with_ablation"] > doc["metrics"]["ce_loss_without_sae"]
+    # --corpus other than the training corpus: its first contexts, scored as TL's own hooked forwards score them
+    from saes.corpus import token_contexts
+
+    tokens = token_contexts(smollm2, str(corpus), context_size=64)[:2]
+    assert doc["context_ids"] is None and doc["metrics"]["n_tokens"] == tokens.numel()
+    name = f"blocks.{LAYER}.attn.hook_z"
+    with torch.no_grad():
+        clean = float(smollm2(tokens, return_type="loss"))
+        zero = float(smollm2.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(name, lambda z, hook: z * 0)]))
+    assert doc["metrics"]["ce_loss_without_sae"] == pytest.approx(clean, rel=1e-4)
+    assert doc["metrics"]["ce_loss_with_ablation"] == pytest.approx(zero, rel=1e-4)
     assert (out / "sae_eval.html").is_file()
 
     # the bad-input path in-process: a second interpreter start costs a minute on a loaded machine
