@@ -145,7 +145,7 @@ class HeadAtlas:
         self.taxonomies = [t for t in taxonomies if t not in missing]
         self.labels = list(labels)
         self.examples = dict(examples or {})  # {"texts": [{"text", "tokens"}], "patterns": {label: [[[int]]]}}
-        self._ranks = {name: _ranks(table) for name, table in self.tables.items()}
+        self._ranks = {name: _ranks(name, table) for name, table in self.tables.items()}
 
     # -- one head -------------------------------------------------------------------------------
     def profile(self, head: HeadLike) -> HeadProfile:
@@ -165,9 +165,12 @@ class HeadAtlas:
         return out + [x for x in self.labels if x.head == hid.label]
 
     def heads_labelled(self, name: str) -> list[str]:
-        """Labels of the heads that carry the label `name`."""
-        heads = [HeadId(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
-        return [h.label for h in heads if any(x.label == name for x in self.head_labels(h))]
+        """Labels of the heads that carry the label `name`, in layer-head order."""
+        return [h.label for h in self.heads() if any(x.label == name for x in self.head_labels(h))]
+
+    def heads(self) -> list[HeadId]:
+        """Every head of the model, in layer-head order."""
+        return [HeadId(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
 
     # -- across heads ---------------------------------------------------------------------------
     def overlaps(self, k: int | None = None) -> TaxonomyOverlaps:
@@ -187,7 +190,7 @@ class HeadAtlas:
         return TaxonomyOverlaps(jac, rho, k)
 
     def to_dict(self) -> dict[str, Any]:
-        heads = [HeadId(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
+        heads = self.heads()
         return {"schema": SCHEMA, "model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "taxonomies": [asdict(t) for t in self.taxonomies], "overlaps": self.overlaps().to_dict(),
                 "profiles": {h.label: _card(self.profile(h)) for h in heads}}
@@ -216,26 +219,11 @@ class HeadAtlas:
 
     # -- internals ------------------------------------------------------------------------------
     def _score(self, hid: HeadId, table: str, metric: str) -> HeadScore | None:
-        ranks = self._ranks[table]
-        key = (hid.layer, hid.head)
-        if key not in ranks.index:
-            return None
-        row = ranks.loc[key]
-        value = row[(metric, "value")]
-        n = int(row[(metric, "n")])
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return HeadScore(table, metric, None, None, None, n)
-        return HeadScore(table, metric, float(value), int(row[(metric, "rank")]), float(row[(metric, "pct")]), n)
+        return self._ranks[table].get((hid.layer, hid.head), {}).get(metric)
 
     def _scores(self, hid: HeadId) -> list[HeadScore]:
-        out = []
-        for name, table in self.tables.items():
-            for metric in table.metrics:
-                if pd.api.types.is_numeric_dtype(table.df[metric]) and not pd.api.types.is_bool_dtype(table.df[metric]):
-                    s = self._score(hid, name, metric)
-                    if s is not None:
-                        out.append(s)
-        return out
+        key = (hid.layer, hid.head)
+        return [s for name in self.tables for s in self._ranks[name].get(key, {}).values()]
 
     def _vector(self, t: Taxonomy) -> np.ndarray:
         """The taxonomy's score for every head, flat [n_layers * n_heads], NaN where not measured."""
@@ -277,21 +265,25 @@ def _read(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _ranks(table: HeadTable) -> pd.DataFrame:
-    """Per numeric metric: value, rank (1 = largest, ties share the best rank), percentile, n measured."""
-    df = table.df.set_index(["layer", "head"])
-    parts = {}
+def _ranks(name: str, table: HeadTable) -> dict[tuple[int, int], dict[str, HeadScore]]:
+    """Per head, per numeric metric: its HeadScore (rank 1 = largest, ties share the best rank;
+    percentile = share of measured heads at or below it). NaN values get no rank."""
+    df = table.df
+    out: dict[tuple[int, int], dict[str, HeadScore]] = {(int(l), int(h)): {} for l, h in zip(df["layer"], df["head"])}
+    keys = list(out)
     for metric in table.metrics:
         col = df[metric]
         if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             continue
         col = col.astype(float)
         n = int(col.notna().sum())
-        parts[(metric, "value")] = col
-        parts[(metric, "rank")] = col.rank(ascending=False, method="min")
-        parts[(metric, "pct")] = 100.0 * col.rank(ascending=True, method="max") / max(n, 1)
-        parts[(metric, "n")] = pd.Series(n, index=col.index)
-    return pd.DataFrame(parts, index=df.index)
+        ranks = col.rank(ascending=False, method="min").to_numpy()
+        pcts = (100.0 * col.rank(ascending=True, method="max") / max(n, 1)).to_numpy()
+        for key, value, rank, pct in zip(keys, col.to_numpy(), ranks, pcts):
+            measured = not math.isnan(value)
+            out[key][metric] = HeadScore(name, metric, float(value) if measured else None,
+                                         int(rank) if measured else None, float(pct) if measured else None, n)
+    return out
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
