@@ -106,9 +106,11 @@ def unhandled_features(hf_config: Any, cfg: Any) -> list[str]:
     for where, params in _named_rope_dicts(hf_config):
         kind = params.get("rope_type") or params.get("type") or "default"
         handled = (kind == "default" or (kind == "llama3" and cfg.use_NTK_by_parts_rope)
-                   or (kind == "yarn" and cfg.use_yarn_rope) or (kind == "dynamic" and cfg.use_dynamic_ntk_rope))
-        if not handled:
-            out.append(f"{where}.rope_type={kind}")
+                   or (kind == "yarn" and cfg.use_yarn_rope) or (kind == "dynamic" and cfg.use_dynamic_ntk_rope)
+                   or (kind == "linear" and getattr(cfg, "rotary_scaling_factor", 1.0) != 1.0))
+        extra = sorted({"mscale", "mscale_all_dim"} & set(params)) if kind == "yarn" else []
+        if not handled or extra:
+            out.append(f"{where}.rope_type={kind}" + (f" with {'/'.join(extra)}" if extra else ""))
     window = getattr(hf_config, "sliding_window", None)
     if window and getattr(hf_config, "use_sliding_window", True) and not cfg.use_local_attn:
         out.append(f"sliding_window={window}")

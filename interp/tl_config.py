@@ -130,7 +130,7 @@ def tl_config_dict(hf_config: Any) -> dict[str, Any]:
     InputError naming the supported families if TransformerLens cannot convert it."""
     arch = architecture_of(hf_config)
     if arch in _BUILDERS:
-        return _BUILDERS[arch](hf_config)
+        return _with_rope_scaling(_BUILDERS[arch](hf_config), hf_config)
     check_supported(hf_config)
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
@@ -151,7 +151,7 @@ def tl_config_dict(hf_config: Any) -> dict[str, Any]:
             raise InputError(f"TransformerLens cannot convert this {arch} config ({type(err).__name__}: {err})") from None
         finally:
             tl_loading.AutoConfig = saved
-    return _complete(cfg, hf_config)
+    return _with_rope_scaling(_complete(cfg, hf_config), hf_config)
 
 
 def _tl_view(hf_config: Any, arch: str) -> Any:
@@ -184,6 +184,42 @@ def _complete(cfg: dict[str, Any], c: Any) -> dict[str, Any]:
     if cfg.get("original_architecture") == "MistralForCausalLM":
         cfg["n_ctx"] = c.max_position_embeddings  # TransformerLens caps Mistral at 2048 tokens
     return cfg
+
+
+def _with_rope_scaling(cfg: dict[str, Any], c: Any) -> dict[str, Any]:
+    """Rope scaling TransformerLens' attention implements but its per-architecture branch does not
+    read from this config (its Llama branch reads llama3 scaling, its GPT-OSS/OLMo 3 branches
+    YaRN; Qwen2, Mistral, Phi-3, Gemma... read none): llama3 (NTK-by-parts), yarn (without
+    DeepSeek's mscale variants) and linear, from the config's rope parameters. Applied to
+    global layers only where the scaling is per layer type. The parity check verifies the result;
+    any other rope type is left alone, and refused there."""
+    import math
+
+    if cfg.get("use_NTK_by_parts_rope") or cfg.get("use_yarn_rope") or cfg.get("rotary_scaling_factor", 1.0) != 1.0:
+        return cfg
+    params = getattr(c, "rope_parameters", None) or {}
+    per_layer = bool(params) and all(isinstance(v, dict) for v in params.values())
+    rope = params.get("full_attention", {}) if per_layer else params
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    out = dict(cfg)
+    if kind == "llama3":
+        out.update(use_NTK_by_parts_rope=True, NTK_by_parts_factor=float(rope["factor"]),
+                   NTK_by_parts_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+                   NTK_by_parts_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+                   NTK_original_ctx_len=int(rope.get("original_max_position_embeddings", c.max_position_embeddings)))
+    elif kind == "yarn" and not {"mscale", "mscale_all_dim"} & set(rope):
+        factor = float(rope["factor"])
+        attention = rope.get("attention_factor")
+        if attention is None:  # transformers' default: get_mscale(factor) = 0.1 ln(factor) + 1
+            attention = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+        out.update(use_yarn_rope=True, yarn_factor=factor, yarn_attention_factor=float(attention),
+                   yarn_beta_fast=float(rope.get("beta_fast") or 32.0), yarn_beta_slow=float(rope.get("beta_slow") or 1.0),
+                   yarn_original_max_position_embeddings=int(rope.get("original_max_position_embeddings")
+                                                             or c.max_position_embeddings),
+                   yarn_truncate=rope.get("truncate", True), yarn_global_attn_only=per_layer)
+    elif kind == "linear":
+        out["rotary_scaling_factor"] = float(rope["factor"])  # TransformerLens applies it to global layers only
+    return out
 
 
 def config_to_json(cfg: HookedTransformerConfig) -> str:

@@ -157,10 +157,13 @@ def test_kernel_features_are_named(loaded):
     assert unsupported_features(loaded("gemma2")) == ["attention soft-capping"]
     assert unsupported_features(loaded("llama3-rope")) == []
     assert loaded("llama3-rope").cfg.use_NTK_by_parts_rope  # converted by TL, not ignored
+    assert loaded("qwen2-yarn").cfg.use_yarn_rope and loaded("mistral").cfg.window_size == WINDOW
 
 
 def _yarn_llama(folder):
-    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ROPE_THRESHOLD, "rope_theta": 1e4}
+    """A Llama with DeepSeek-style YaRN (mscale, mscale_all_dim), which TransformerLens cannot express."""
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ROPE_THRESHOLD, "rope_theta": 1e4,
+            "mscale": 1.0, "mscale_all_dim": 0.5}
     return save_tiny_hf("llama", folder, rope_parameters=rope)
 
 
@@ -177,7 +180,7 @@ def test_unhandled_rope_scaling_is_refused_in_one_line_and_caches_nothing(tmp_pa
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("LlamaForCausalLM does not convert faithfully")
-    assert "rope_scaling.rope_type=yarn" in message and "--no-parity-check" in message
+    assert "rope_scaling.rope_type=yarn with mscale/mscale_all_dim" in message and "--no-parity-check" in message
     gap = float(message.split("differ from transformers' by ")[1].split(" nats")[0])
     assert gap > 1e-3
     assert _entries(cache) == []

@@ -78,9 +78,11 @@ def tiny_hf_configs() -> dict[str, tuple[str, dict]]:
                                      max_position_embeddings=CTX, word_embed_proj_dim=D)),
         "llama": ("LlamaConfig", _llama_like()),  # GQA
         "llama3-rope": ("LlamaConfig", _llama_like(rope_parameters=_llama3_rope())),
-        "mistral": ("MistralConfig", _llama_like(sliding_window=None)),
+        "mistral": ("MistralConfig", _llama_like(sliding_window=WINDOW)),  # sliding window on every layer
         "mixtral": ("MixtralConfig", _llama_like(num_local_experts=4, num_experts_per_tok=2, sliding_window=None)),
         "qwen2": ("Qwen2Config", _llama_like()),  # q/k/v biases
+        "qwen2-yarn": ("Qwen2Config", _llama_like(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
+                                                                   "original_max_position_embeddings": ROPE_THRESHOLD})),
         "qwen3": ("Qwen3Config", _llama_like(head_dim=16)),  # QK-norm
         "gemma": ("GemmaConfig", _llama_like(head_dim=16, num_key_value_heads=1)),  # MQA
         "gemma2": ("Gemma2Config", _llama_like(head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=16,
