@@ -47,6 +47,6 @@ atlas: install
 	@echo "The atlas is in atlas/: open atlas/report.html in a browser (one self-contained file, works offline); every number is in atlas/atlas.json."
 
 # Two workers share the two cores of a small machine (tests/conftest.py gives each its share of threads).
-# pytest-randomly shuffles the order and prints its seed; replay a run with -p randomly -p "randomly_seed=N".
+# pytest-randomly shuffles the order and prints its seed; replay a run with --randomly-seed=N.
 test: install-test
 	$(PYTHON) -m pytest -n 2 --dist loadscope
