@@ -236,6 +236,45 @@ def atlas(
     emit(as_json, doc, f"atlas of {net.cfg.model_name}: {out}/report.html and {out}/atlas.json")
 
 
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="sweep spec (TOML): jobs as a product of models × analyses × parameters"),
+    out: Path = OUT, as_json: bool = JSON,
+    address: Optional[str] = typer.Option(None, "--address", help="an existing Ray cluster (host:port, ray://host:port "
+                                          "or auto); default: a local Ray instance with this machine's CPUs"),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", min=0, help="runs again of a failed job "
+                                              "(default: the spec's [sweep] max_retries, else 1)"),
+):
+    """Run many analyses on Ray, one job per folder OUT/jobs/<id>/; rerun to run only the missing and failed."""
+    from interp.sweep import check_address, load_spec, run_sweep
+
+    plan = load_spec(spec, max_retries=max_retries)  # every check before Ray starts
+    check_address(address)
+    result = run_sweep(plan, out, address=address)
+    doc = {"schema": "interp.sweep_run/1", "model": None, "out": str(out), "ran": result.ran, "skipped": result.skipped,
+           "failed": result.failed, "seconds": round(result.seconds, 2)}
+    failures = "".join(f"\n  failed {job}: {err}" for job, err in result.failed.items())
+    emit(as_json, doc, f"sweep: {len(result.ran)} ran, {len(result.skipped)} already done, {len(result.failed)} failed "
+                       f"in {result.seconds:.0f} s; wrote {out}/summary.html and summary.json{failures}")
+    return 0 if result.ok else 1
+
+
+@app.command()
+def plan(
+    model: str = MODEL, as_json: bool = JSON,
+    length: int = typer.Option(..., "--length", "-n", min=1, help="tokens per sequence"),
+    batch: int = typer.Option(1, "--batch", "-b", min=1, help="sequences per forward pass"),
+    dtype: str = typer.Option("float32", help="dtype of weights and activations: float32, bfloat16, float16"),
+    device_memory: Optional[str] = typer.Option(None, "--device-memory", help="memory of one device, e.g. 80GB "
+                                                "(default: the first CUDA GPU's, else this machine's RAM)"),
+):
+    """Memory a run needs (weights, KV, activations; eager pattern vs fused statistics) and how many devices."""
+    from interp.plan import format_plan, plan_memory
+
+    estimate = plan_memory(model, length=length, batch=batch, dtype=dtype, device_memory=device_memory)
+    emit(as_json, {"schema": "interp.plan/1", "model": estimate.model, **estimate.to_dict()}, format_plan(estimate))
+
+
 def _register_plugins() -> None:
     from interp.plugins import load_plugins
 
