@@ -6,6 +6,8 @@
 - `massive_activations`: residual entries above 100 and ~1000× the median magnitude (Sun et al.).
 - `act_calibration` / `calibration_effect`: ACT's calibration as a switchable intervention and
   its measured effect on next-token loss.
+- `sinks_analysis` (`SinksConfig` → `SinksResult`): all of the above on one set of texts, as the
+  `interp sinks` command and the atlas section run it.
 
 α_j is the attention key j receives divided by the number of queries that see it (with causal
 attention and no window: the mean of A[i, j] over i ≥ j). It is computed by the fused kernels,
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
 
 import pandas as pd
 import torch
@@ -25,6 +28,7 @@ from interp import HeadTable, InputError, capture
 from interp.capture import tokenize_prompts
 from interp.head_table import head_label
 from interp.kernel_attention import queries_per_key
+from interp.results import AnalysisResult, frame_records
 from interp.stats_trace import stats_trace
 
 
@@ -194,3 +198,53 @@ def calibration_effect(model: HookedTransformer, heads: Sequence[tuple[int, int]
         rows.append({"prompt": i, "n_tokens": len(toks), "loss_base": base, "loss_calibrated": calibrated,
                      "delta": calibrated - base})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the analysis: every sink measurement on one set of texts, as one typed result
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    """Options of `sinks_analysis` (defaults: Gu et al.'s k = 0, eps = 0.3, T = 64; ACT's 0.1)."""
+
+    k: int = 0                      # the sink position whose alpha is scored
+    eps: float = 0.3                # Sink_k^eps threshold on alpha_k
+    max_tokens: int = 64            # T: each text cut to this many tokens (hidden sinks: 4 T, extremes: 2 T)
+    hidden_threshold: float = 0.1   # ACT: a later token is a sink in a head when its alpha exceeds this
+    hidden_texts: int = 8           # texts used for hidden sinks and massive activations
+
+
+@dataclass
+class SinksResult(AnalysisResult):
+    """`table`: per head `alpha` (mean alpha_k over samples) and `sink_rate` (share of samples with
+    alpha_k > eps); `hidden`: ACT's later-token sinks (one row per (text, head, token)); `extreme`:
+    value-state drain and residual-state peak per layer; `massive`: massive activations."""
+
+    hidden: pd.DataFrame
+    extreme: pd.DataFrame
+    massive: pd.DataFrame
+
+    KIND: ClassVar[str] = "sinks"
+
+    @property
+    def sink_ratio(self) -> float:
+        """Sink_k^eps in percent: 100 x the mean sink_rate over heads."""
+        return float(self.table.meta["sink_ratio"])
+
+    def extras(self) -> dict[str, Any]:
+        return {"sink_ratio": self.sink_ratio, "hidden_sinks": frame_records(self.hidden),
+                "extreme_tokens": frame_records(self.extreme), "massive_activations": frame_records(self.massive)}
+
+
+def sinks_analysis(model: HookedTransformer, texts: Sequence, config: SinksConfig | None = None, *,
+                   progress: bool = True, **fields: Any) -> SinksResult:
+    """Every sink measurement on `texts`: the head table, hidden sinks, extreme tokens, massive
+    activations. `fields` are SinksConfig fields, for `sinks_analysis(model, texts, eps=0.5)`."""
+    c = config or SinksConfig(**fields)
+    table = sink_scores(model, texts, k=c.k, eps=c.eps, max_tokens=c.max_tokens, progress=progress)
+    few = list(texts)[: c.hidden_texts]
+    hidden = hidden_sinks(model, few, threshold=c.hidden_threshold, max_tokens=4 * c.max_tokens, progress=progress)
+    extreme = extreme_tokens(model, texts, max_tokens=2 * c.max_tokens, progress=progress)
+    massive = massive_activations(model, few, max_tokens=2 * c.max_tokens, progress=progress)
+    return SinksResult(table, c, hidden, extreme, massive)

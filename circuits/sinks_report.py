@@ -1,4 +1,4 @@
-"""Sinks for people: the `interp sinks` command and the atlas section, on top of circuits.sinks."""
+"""Sinks for people: the `interp sinks` command and the atlas section, rendering `circuits.sinks.sinks_analysis`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,24 +7,14 @@ from typing import Any, Optional
 import typer
 
 from interp.errors import InputError
-from circuits.sinks import extreme_tokens, hidden_sinks, massive_activations, sink_scores
+from circuits.sinks import SinksResult, sinks_analysis
 from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
 
 
-def sinks_analysis(model, texts, *, k: int = 0, eps: float = 0.3, max_tokens: int = 64, hidden_threshold: float = 0.1,
-                   progress: bool = True) -> dict[str, Any]:
-    """Every sink measurement on `texts`: head table, hidden sinks, extreme tokens, massive activations."""
-    table = sink_scores(model, texts, k=k, eps=eps, max_tokens=max_tokens, progress=progress)
-    hidden = hidden_sinks(model, texts[:8], threshold=hidden_threshold, max_tokens=4 * max_tokens, progress=progress)
-    extreme = extreme_tokens(model, texts, max_tokens=2 * max_tokens, progress=progress)
-    massive = massive_activations(model, texts[:8], max_tokens=2 * max_tokens, progress=progress)
-    return {"table": table, "hidden": hidden, "extreme": extreme, "massive": massive}
-
-
-def _figures(result: dict[str, Any]) -> list:
+def _figures(result: SinksResult) -> list:
     import plotly.graph_objects as go
 
-    table, extreme = result["table"], result["extreme"]
+    table, extreme = result.table, result.extreme
     layers = go.Figure([go.Scatter(x=extreme["layer"], y=extreme[c], name=c, mode="lines+markers")
                         for c in ("value_drain", "resid_peak")])
     layers.update_layout(title="extreme-token phenomena per layer (first token / median of others)",
@@ -32,36 +22,31 @@ def _figures(result: dict[str, Any]) -> list:
     return [table.heatmap("alpha", title="α of the sink token per head"), table.heatmap("sink_rate"), layers]
 
 
-def _tables(result: dict[str, Any]) -> list:
-    hidden, massive = result["hidden"], result["massive"]
+def _tables(result: SinksResult) -> list:
+    hidden, massive = result.hidden, result.massive
     by_token = (hidden.groupby("token").agg(heads=("label", "nunique"), occurrences=("alpha", "size"),
                                             mean_alpha=("alpha", "mean")).sort_values("heads", ascending=False).head(15)
                 .reset_index()) if len(hidden) else hidden
     top_massive = massive.reindex(massive["value"].abs().sort_values(ascending=False).index).head(15) if len(massive) else massive
-    return [("heads with the strongest sink (α)", result["table"].top("alpha", 10).df),
+    return [("heads with the strongest sink (α)", result.table.top("alpha", 10).df),
             ("hidden sinks (ACT, α > threshold at later tokens), by token", by_token),
             ("massive activations (|x| > 100 and > 1000 × median)", top_massive),
-            ("extreme tokens per layer", result["extreme"])]
+            ("extreme tokens per layer", result.extreme)]
 
 
-def _json(result: dict[str, Any]) -> dict[str, Any]:
-    return {"sink_ratio": result["table"].meta["sink_ratio"], "heads": result["table"].to_dict(),
-            "hidden_sinks": result["hidden"].to_dict(orient="records"),
-            "extreme_tokens": result["extreme"].to_dict(orient="records"),
-            "massive_activations": result["massive"].to_dict(orient="records")}
-
-
-def _summary(result: dict[str, Any]) -> str:
-    meta = result["table"].meta
+def _summary(result: SinksResult) -> str:
+    meta = result.table.meta
     return (f"<p>Sink<sub>{meta['k']}</sub><sup>{meta['eps']}</sup> = <b>{meta['sink_ratio']:.1f} %</b> of (sample, layer, "
             f"head) triples put α > {meta['eps']} on token {meta['k']} (Gu et al.; {meta['n_samples']} texts of "
             f"{meta['T']} tokens). α of a key is the attention it receives divided by the number of queries that see it, "
             f"computed by the fused kernels.</p>")
 
 
-def _section(result: dict[str, Any]) -> dict[str, Any]:
+def _section(result: SinksResult) -> dict[str, Any]:
+    body = result.to_dict()
+    del body["schema"], body["model"]
     return {"title": "Attention sinks and extreme tokens", "text": _summary(result), "figures": _figures(result),
-            "tables": _tables(result), "json": _json(result)}
+            "tables": _tables(result), "json": body}
 
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
@@ -91,6 +76,6 @@ def sinks_command(
     body = part["json"]
     with staged_output(out) as stage:
         write_analysis(stage, "sinks", net.cfg.model_name, body, f"Attention sinks: {net.cfg.model_name}", part)
-        result["table"].to_csv(stage / "sink_heads.csv")
+        result.table.to_csv(stage / "sink_heads.csv")
     emit(as_json, {"schema": "interp.sinks/1", "model": net.cfg.model_name, **body},
          f"{net.cfg.model_name}: Sink_{k}^{eps} = {body['sink_ratio']:.1f} %; wrote {out}/sinks.html, sinks.json, sink_heads.csv")

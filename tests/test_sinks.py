@@ -123,3 +123,21 @@ def test_act_calibration_changes_only_the_chosen_heads(smollm2, samples):
     with pytest.raises(InputError, match="L40H0 does not exist"):
         with act_calibration(smollm2, [(40, 0)]):
             pass
+
+
+def test_sinks_analysis_is_one_typed_result_that_records_its_config(smollm2, samples, tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from circuits.sinks import SinksConfig, SinksResult, sinks_analysis
+    from interp import HeadTable
+
+    texts, _ = samples
+    result = sinks_analysis(smollm2, texts[:2], eps=0.5, max_tokens=32, hidden_texts=1, progress=False)
+    assert isinstance(result, SinksResult) and result.config == SinksConfig(eps=0.5, max_tokens=32, hidden_texts=1)
+    result.to_json(tmp_path / "sinks.json")
+    body = json.loads((tmp_path / "sinks.json").read_text())
+    assert body["schema"] == "interp.sinks/1" and body["config"] == asdict(result.config)
+    again = HeadTable.from_dict(body["heads"])
+    assert again.df.equals(result.table.df) and again.meta["eps"] == 0.5 and again.meta["T"] == 32
+    assert body["sink_ratio"] == pytest.approx(100 * result.table.df["sink_rate"].mean())
