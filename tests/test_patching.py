@@ -87,3 +87,22 @@ def test_bad_input_is_one_line(model):
         ablation_values(model, _pairs(), "median")
     with pytest.raises(InputError, match="does not exist"):
         patch_heads(model, _pairs(), heads=[(7, 0)])
+
+
+def test_mean_ablation_over_a_reference_set_is_that_sets_group_mean(model):
+    """With `reference`, each prompt's mean-ablation value is the mean over the reference set's
+    corrupted prompts of its group (hand-computed from TransformerLens caches), not of its own pairs."""
+    pairs = PromptPairs.from_lists(random_prompts([5, 6, 5], seed=3), random_prompts([5, 6, 5], seed=4),
+                                   answer=[1] * 3, wrong=[2] * 3, group=[0, 1, 0])
+    ref_tokens = random_prompts([5] * 4 + [6] * 3, seed=9)
+    reference = PromptPairs.from_lists(ref_tokens, ref_tokens, answer=[0] * 7, wrong=[0] * 7, group=[0] * 4 + [1] * 3)
+    abl = ablation_values(model, pairs, "mean", reference=reference)
+    _, c5 = model.run_with_cache(torch.stack(ref_tokens[:4]))
+    _, c6 = model.run_with_cache(torch.stack(ref_tokens[4:]))
+    for i in (0, 2):
+        assert abl.z[2, i, :5] == pytest.approx(c5["blocks.2.attn.hook_z"].mean(0), abs=1e-5)
+        assert abl.embed[i, :5] == pytest.approx(c5["blocks.0.hook_resid_pre"].mean(0), abs=1e-5)
+    assert abl.mlp_out[1, 1, :6] == pytest.approx(c6["blocks.1.hook_mlp_out"].mean(0), abs=1e-5)
+    bad = PromptPairs.from_lists(ref_tokens[:2], ref_tokens[:2], answer=[0] * 2, wrong=[0] * 2, group=[0, 0])
+    with pytest.raises(InputError, match="group 1"):
+        ablation_values(model, pairs, "mean", reference=bad)
