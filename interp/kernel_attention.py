@@ -128,6 +128,7 @@ def _kernel_forward(attn, layer, window, trace, sink_tokens, spans, received, ba
         if past_kv_cache_entry is not None or additive_attention_mask is not None or padded:
             raise InputError("fast trace runs whole unpadded sequences: no KV cache, padding or attention mask")
         q, k, v = attn.calculate_qkv_matrices(query_input, key_input, value_input)  # hook_q/k/v, QK-norm
+        q, k, v = _after_projection(attn, q, k, v)
         if cfg.positional_embedding_type == "rotary":
             q = attn.hook_rot_q(attn.apply_rotary(q, 0, None))
             k = attn.hook_rot_k(attn.apply_rotary(k, 0, None))
@@ -144,6 +145,23 @@ def _kernel_forward(attn, layer, window, trace, sink_tokens, spans, received, ba
         return _project(attn, z)
 
     return forward
+
+
+_FULL_VECTOR_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+def _after_projection(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """What TransformerLens' attention forward (TL 3.9 AbstractAttention.forward) does between the
+    projections and rotary: the OLMo family's QK-norm over the whole projected vector (all heads
+    at once), then clip_qkv. q [batch, pos, head, d_head]; k, v [batch, pos, kv_head, d_head]."""
+    cfg = attn.cfg
+    if cfg.original_architecture in _FULL_VECTOR_QK_NORM:
+        def norm(x, ln):
+            return ln(x.flatten(-2)).unflatten(-1, x.shape[-2:])
+        q, k = norm(q, attn.q_norm), norm(k, attn.k_norm)
+    if cfg.clip_qkv is not None:
+        q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+    return q, k, v
 
 
 def _deliver(layer, result: LayerStats, trace: KernelTrace, keep_on, on_layer) -> None:
