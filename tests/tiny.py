@@ -93,6 +93,14 @@ def tiny_hf_configs() -> dict[str, tuple[str, dict]]:
                                      num_attention_heads=HEADS, partial_rotary_factor=0.5, max_position_embeddings=CTX)),
         "phi3": ("Phi3Config", _llama_like(num_key_value_heads=HEADS)),
         "bloom": ("BloomConfig", _common(hidden_size=D, n_layer=LAYERS, n_head=HEADS)),  # ALiBi
+        "olmo3": ("Olmo3Config", _llama_like(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"])),
+        "olmoe": ("OlmoeConfig", _llama_like(num_experts=4, num_experts_per_tok=2)),  # MoE, QK-norm
+        "apertus": ("ApertusConfig", _llama_like()),  # xIELU activation
+        "gpt-oss": ("GptOssConfig", _llama_like(  # MoE, learned attention sinks, YaRN on every layer
+            head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ROPE_THRESHOLD,
+                             "rope_theta": 1e4, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False})),
     }
 
 
