@@ -33,7 +33,7 @@ TL_FROM_CONFIG = (
     "Qwen3ForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM", "Olmo3ForCausalLM", "OlmoeForCausalLM",
     "ApertusForCausalLM", "GptOssForCausalLM",
 )
-SUPPORTED_FAMILIES = ("GPT-2, GPT-Neo, GPT-J, GPT-NeoX/Pythia, OPT, Bloom, Llama (incl. Llama 3 rope scaling), "
+SUPPORTED_FAMILIES = ("GPT-2, GPT-Neo, GPT-J, GPT-NeoX/Pythia, OPT, Bloom, Llama (rope scaling: llama3, YaRN, linear), "
                       "Mistral, Mixtral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3, Phi, Phi-3, OLMo 3, OLMoE, Apertus, GPT-OSS")
 
 
