@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -164,7 +165,12 @@ def summarize(out: str | Path, jobs: list[Job]) -> dict[str, Any]:
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
-    return json.loads(df.to_json(orient="records")) if len(df) else []
+    """Rows as plain JSON values, floats exact, missing values None."""
+    def plain(v: Any) -> Any:
+        v = v.item() if hasattr(v, "item") else v
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [{k: plain(v) for k, v in row.items()} for row in df.astype(object).to_dict(orient="records")]
 
 
 def write_summary(out: str | Path, jobs: list[Job]) -> dict[str, Any]:
