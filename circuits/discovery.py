@@ -160,7 +160,10 @@ def build_graph(model: HookedTransformer) -> Graph:
 
 def check_model(model: HookedTransformer) -> None:
     cfg = model.cfg
-    if cfg.attn_only or cfg.parallel_attn_mlp or getattr(cfg, "use_normalization_before_and_after", False):
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES  # OLMo 2/3: norm before the add
+
+    post_norm = getattr(cfg, "use_normalization_before_and_after", False) or cfg.original_architecture in POST_NORM_ARCHITECTURES
+    if cfg.attn_only or cfg.parallel_attn_mlp or post_norm:
         raise InputError(f"{cfg.model_name}: circuit discovery needs sequential attention + MLP blocks whose "
                          "outputs add directly to the residual stream (no parallel blocks, no post-norms)")
     if cfg.n_key_value_heads and cfg.n_heads % cfg.n_key_value_heads:

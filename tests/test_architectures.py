@@ -135,9 +135,11 @@ def test_every_analysis_runs_and_agrees_with_the_eager_pattern(label, loaded, to
 def _check_eap(model):
     """Edge-level runs reproduce the model's own clean and corrupted forwards; EAP scores every edge.
     Discovery's graph needs sequential blocks writing straight into the residual stream: parallel
-    attention+MLP (GPT-J, NeoX, Phi) and post-norms (Gemma 2/3) are refused in one line instead."""
+    attention+MLP (GPT-J, NeoX, Phi) and post-norms (Gemma 2/3, OLMo 3) are refused in one line instead."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
     cfg = model.cfg
-    if cfg.parallel_attn_mlp or cfg.use_normalization_before_and_after:
+    if cfg.parallel_attn_mlp or cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
         with pytest.raises(InputError, match="circuit discovery needs sequential attention"):
             build_graph(model)
         return
