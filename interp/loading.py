@@ -26,6 +26,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from interp.errors import InputError
+from interp.devices import check_devices, split_across_devices
 from interp.model_source import ModelSource, check_weights, resolve
 from interp.parity import Parity, measure
 from interp.tl_config import (architecture_of, check_causal_lm, check_supported, config_from_json,
@@ -52,6 +53,7 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     cache_dir: str | os.PathLike | None = None,
     check: bool = True,
+    n_devices: int = 1,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer, with no network call unless a hub id is named.
 
@@ -61,11 +63,14 @@ def load_model(
     "bfloat16", "float16" or a torch dtype) to float32: conversion and parity check always run in
     float32, then the weights are cast. check: refuse (InputError) a conversion whose log-probs
     differ from transformers' by more than `interp.parity.TOLERANCE`; False loads it anyway and
-    records that in `parity_of(model).enforced`.
+    records that in `parity_of(model).enforced`. n_devices: split the layers over that many GPUs
+    from `device` (default cuda:0), see `interp.devices.split_across_devices`.
     """
     dtype = parse_dtype(dtype)
+    if n_devices != 1:
+        check_devices(n_devices, device)  # before any conversion
     if isinstance(name_or_path, HookedTransformer):
-        return _place(name_or_path, device, dtype)
+        return split_across_devices(_place(name_or_path, "cpu" if n_devices > 1 else device, dtype), n_devices, device)
     root = cache_root(cache_dir)
     source = resolve(str(name_or_path), root)
     entry = root / "models" / f"{source.cache_key}-v{CONVERTER_VERSION}"
@@ -84,7 +89,7 @@ def load_model(
         parity.enforced = check
         if not parity.passed:
             log.warning("%s loaded with the parity check off: %s", source.label, parity.line())
-    return _place(model, device, dtype)
+    return split_across_devices(_place(model, "cpu" if n_devices > 1 else device, dtype), n_devices, device)
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

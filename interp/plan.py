@@ -112,16 +112,24 @@ def activation_peak(shape: ModelShape, length: int, batch: int, s: int, fused: b
     for a forward that stops before the unembedding (stop_at_layer)."""
     b, n, h = batch, length, shape.n_heads
     resid = 2 * b * n * shape.d_model * s
-    qkvz = 4 * b * n * h * shape.d_head * s
-    if fused:
-        rows = max(1, min(n, TILE_ELEMENTS // max(1, b * h * n)))
+    if fused:  # q, z with H heads; k, v with H_kv (never repeated); their head-major copies
+        qkvz = 2 * b * n * (h + shape.n_kv_heads) * shape.d_head * s
         head_major = b * n * (h + 2 * shape.n_kv_heads) * shape.d_head * s
-        attention = qkvz + head_major + b * h * rows * n * 4 + 6 * b * h * n * 4 * shape.n_layers
-    else:
+        stats = 6 * b * h * n * 4 * shape.n_layers
+        attention = qkvz + head_major + causal_tile(b * h, n) * 4 + stats
+    else:  # TransformerLens repeats k and v to H heads for the scores
+        qkvz = 4 * b * n * h * shape.d_head * s
         attention = qkvz + b * h * n * n * (4 * s + 1) + n * n
     mlp = 3 * b * n * shape.d_mlp * s
     unembed = b * n * shape.d_vocab * (4 if s == 4 else s) + shape.d_model * shape.d_vocab * s if logits else 0
     return resid + max(attention, mlp, unembed)
+
+
+def causal_tile(batch_heads: int, n: int) -> int:
+    """Elements of the largest score tile of the chunked reference backend (kernels.reference): chunks
+    of `rows` queries, each scoring the keys up to its last row (causal)."""
+    rows = max(1, min(n, TILE_ELEMENTS // max(1, batch_heads * n)))
+    return batch_heads * max(min(rows, n - start) * min(n, start + rows) for start in range(0, n, rows))
 
 
 def devices_needed(weights: int, activations: int, device_memory: int) -> Optional[int]:

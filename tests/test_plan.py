@@ -81,8 +81,9 @@ MEASURE = textwrap.dedent('''
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def peak(fn):
-        fn()
+    def peak(fn, warm=False):
+        if warm:  # the first forward grows the rotary tables and starts thread pools once
+            fn()
         gc.collect()
         base, top, stop = rss(), [0], threading.Event()
         def sample():
@@ -110,7 +111,7 @@ MEASURE = textwrap.dedent('''
 
     with torch.no_grad():
         out = {"weights": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
-               "forward": peak(lambda: model(tokens)),
+               "forward": peak(lambda: model(tokens), warm=True),
                "patterns": peak(lambda: model.run_with_cache(tokens, names_filter=lambda h: h.endswith("hook_pattern"))[1]),
                "blocks_eager": peak(lambda: model(tokens, stop_at_layer=last)),
                "blocks_fused": peak(fused)}
@@ -125,7 +126,7 @@ def test_estimate_matches_measured_cpu_peaks_for_smollm2(smollm2, tmp_path, cach
     every large tensor is its own mapping, returned when freed, and RSS follows live tensors."""
     from interp.plan import activation_peak, model_shape
 
-    length = 768
+    length = 1024
     script = tmp_path / "measure.py"
     script.write_text(MEASURE)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1", "INTERP_CACHE": str(cache_dir)}
@@ -212,3 +213,12 @@ def test_a_model_split_over_two_gpus_computes_what_it_computes_on_one():
             two(tokens.to("cuda:0"))
         for layer in range(4):
             assert torch.allclose(trace.layers[layer].stats.entropy, ref_trace.layers[layer].stats.entropy, atol=1e-4)
+
+
+def test_load_model_refuses_a_split_over_missing_gpus_before_reading_the_model():
+    import interp
+    from interp.errors import InputError
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(InputError, match="--n-devices"):
+        interp.load_model("/no/such/model.gguf", n_devices=have + 2)
