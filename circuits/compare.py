@@ -55,7 +55,7 @@ def summary_row(result: dict) -> dict[str, Any]:
 def model_atlas(result: dict) -> HeadAtlas:
     """One model's taxonomy as a head atlas: the circuits taxonomies its tables can express (sinks,
     duplicate-token, induction) and its dormant-domain labels."""
-    tables = {"sinks.heads": result["sinks"], "head_types": result["types"]}
+    tables = {"sinks.heads": result["sinks"], "head_types.heads": result["types"]}
     dormant = result["dormant"]
     section = {"params": dormant.get("params", {}), "per_domain": dormant["stats"].to_dict(orient="records"),
                "switching": dormant["switching"].to_dict(orient="records")}

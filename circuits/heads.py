@@ -44,10 +44,9 @@ eagerly for a model the kernels cannot express, e.g. soft-capped attention score
 """
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformer_lens import HookedTransformer
@@ -55,6 +54,7 @@ from transformer_lens import HookedTransformer
 from interp.capture import tokenize_prompts
 from interp.errors import InputError
 from interp.head_table import HeadTable
+from interp.results import AnalysisResult
 from interp.kernel_attention import LayerStats, kernel_attention, layer_windows, unsupported_features
 
 KINDS = {
@@ -165,35 +165,49 @@ def repeated_random_tokens(model: HookedTransformer, n_tokens: int, n_repeats: i
     return out.to(model.cfg.device)
 
 
-def atlas_section(model: HookedTransformer, context: dict) -> dict[str, Any]:
-    """The atlas section "Classic head types".
+@dataclass(frozen=True)
+class HeadTypesConfig:
+    """Options of `head_types_analysis`."""
 
-    context: "texts" (real passages), "seed", "max_tokens", "progress". Previous-token scores
-    come from the texts (each cut to max_tokens tokens); duplicate-token, induction and echo
-    scores from 4 sequences of max_tokens random tokens repeated twice (seeded). Returns
-    "title", "text" (HTML), "figures" (a heatmap per kind), "tables" (top heads per kind), "json".
-    """
-    seed, max_tokens = int(context.get("seed", 0)), int(context.get("max_tokens", 128))
-    progress = bool(context.get("progress", False))
-    segment = max(8, min(max_tokens, (model.cfg.n_ctx - 1) // 2))
-    repeated = repeated_random_tokens(model, segment, 2, batch=4, seed=seed)
-    table = head_type_scores(model, repeated, ("duplicate_token", "induction", "echo"), progress=progress)
-    texts = [t for t in (model.to_tokens(x)[0, :max_tokens] for x in context.get("texts", ())) if len(t) >= 2]
-    prev_source = f"{len(texts)} real texts, each cut to {max_tokens} tokens" if texts else "the repeated random tokens"
-    prev = head_type_scores(model, texts or repeated, ("previous_token",), progress=progress)
+    seed: int = 0
+    max_tokens: int = 128   # real texts cut to this (previous-token); random blocks of this length (capped by context)
+    n_repeated: int = 4     # random blocks, each repeated twice (duplicate-token, induction, echo)
+    method: str = "auto"    # eager | kernel | auto (see the module docstring)
+
+
+@dataclass
+class HeadTypesResult(AnalysisResult):
+    """`table`: per head `previous_token`, `duplicate_token`, `induction` and `echo` scores (fraction of
+    attention on the pairs each type predicts, 0-1). `segment`: the random block length used."""
+
+    segment: int
+    previous_token_input: str
+
+    KIND: ClassVar[str] = "heads"
+
+    def extras(self) -> dict[str, Any]:
+        return {"kinds": list(KINDS), "segment": self.segment, "previous_token_input": self.previous_token_input}
+
+
+def head_types_analysis(model: HookedTransformer, texts: Sequence[str], config: HeadTypesConfig | None = None, *,
+                        progress: bool = False, **fields: Any) -> HeadTypesResult:
+    """Every classic head type of every head: previous-token scores on `texts` (each cut to
+    max_tokens; the repeated random tokens when no text is long enough), duplicate-token, induction
+    and echo scores on `n_repeated` random blocks repeated twice (seeded)."""
+    c = config or HeadTypesConfig(**fields)
+    _check_method(c.method)
+    segment = max(8, min(c.max_tokens, (model.cfg.n_ctx - 1) // 2))
+    repeated = repeated_random_tokens(model, segment, 2, batch=c.n_repeated, seed=c.seed)
+    table = head_type_scores(model, repeated, ("duplicate_token", "induction", "echo"), method=c.method, progress=progress)
+    tokens = [t for t in (model.to_tokens(x)[0, : c.max_tokens] for x in texts) if len(t) >= 2]
+    prev_source = f"{len(tokens)} real texts, each cut to {c.max_tokens} tokens" if tokens else "the repeated random tokens"
+    prev = head_type_scores(model, tokens or repeated, ("previous_token",), method=c.method, progress=progress)
     table.df.insert(3, "previous_token", prev.df["previous_token"].to_numpy())
     for key in ("n_sequences", "n_tokens"):  # they described the repeated input only
         table.meta.pop(key)
     table.meta.update(kinds=list(KINDS), previous_token_input=prev_source, previous_token_method=prev.meta["method"],
-                      repeated_input=f"4 × ({segment} random tokens repeated twice), seed {seed}")
-    order = ("previous_token", "duplicate_token", "induction")
-    return {
-        "title": "Classic head types",
-        "text": _section_html(model, segment, seed, prev_source),
-        "figures": [table.heatmap(k, title=f"{k} score ({table.model})") for k in order],
-        "tables": [(f"top {k} heads", table.top(k, 10).df[["label", k]]) for k in order],
-        "json": table.to_dict(),
-    }
+                      repeated_input=f"{c.n_repeated} × ({segment} random tokens repeated twice), seed {c.seed}")
+    return HeadTypesResult(table, c, segment, prev_source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,20 +502,3 @@ def _stack_layers(per_layer: dict[int, dict[str, torch.Tensor]]) -> dict[str, to
     return {name: torch.stack([per_layer[l][name] for l in layers]) for name in per_layer[layers[0]]}
 
 
-# ---------------------------------------------------------------------------------------------
-# atlas text
-
-
-def _section_html(model: HookedTransformer, segment: int, seed: int, prev_source: str) -> str:
-    kinds = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in KINDS.items())
-    bos = "a BOS token, then " if _bos_token(model) is not None else ""
-    return (
-        "<p>Each head's score is the fraction of its attention that falls on the query–key pairs a head type "
-        "predicts, averaged over sequences: TransformerLens' <code>head_detector</code> detection patterns with its "
-        "default <code>mul</code> measure (no BOS or current-token exclusion).</p>"
-        f"<ul>{kinds}</ul>"
-        f"<p>Inputs: previous-token scores from {html.escape(prev_source)}; duplicate-token, induction and echo "
-        f"scores from 4 sequences of {bos}{segment} uniformly random tokens repeated twice (seed {seed}), the "
-        "standard induction input. Echo (RazorAttention) equals duplicate-token by definition, so only the latter "
-        "is plotted; both are in the JSON.</p>"
-    )

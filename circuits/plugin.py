@@ -3,7 +3,6 @@
 from circuits import (
     compare,
     dormant_report,
-    heads,
     heads_report,
     ioi_report,
     retrieval_report,
@@ -21,7 +20,7 @@ def register(registry) -> None:
     registry.command("ioi", ioi_report.ioi_command)
     registry.command("retrieval", retrieval_report.retrieval_command)
     registry.command("safety", safety_report.safety_command)
-    registry.atlas_section("head_types", heads.atlas_section)
+    registry.atlas_section("head_types", heads_report.atlas_section)
     registry.atlas_section("sinks", sinks_report.atlas_section)
     registry.atlas_section("active_dormant", dormant_report.atlas_section)
     registry.atlas_section("ioi", ioi_report.atlas_section)

@@ -15,12 +15,12 @@ from interp.head_atlas import HeadLabel, Taxonomy
 from interp.head_ids import HeadId
 
 TAXONOMIES = [
-    Taxonomy("previous-token", "head_types", "previous_token", 0.4,
+    Taxonomy("previous-token", "head_types.heads", "previous_token", 0.4,
              "mean attention from each token to the one before it, on real text", "TransformerLens head_detector"),
-    Taxonomy("duplicate-token", "head_types", "duplicate_token", 0.3,
+    Taxonomy("duplicate-token", "head_types.heads", "duplicate_token", 0.3,
              "mean attention to the earlier copy of the current token, on repeated random tokens "
              "(RazorAttention's echo heads)", "TransformerLens head_detector; Tang et al. 2024"),
-    Taxonomy("induction", "head_types", "induction", 0.3,
+    Taxonomy("induction", "head_types.heads", "induction", 0.3,
              "mean attention to the token after the earlier copy of the current token, on repeated random tokens",
              "Olsson et al. 2022; TransformerLens head_detector"),
     # RazorAttention's echo heads (Tang et al. 2024) read the duplicate-token pattern itself (circuits.heads

@@ -8,8 +8,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import head_detector as hd
 
 import interp
+from circuits.heads_report import atlas_section
 from circuits.heads import (
-    atlas_section,
     duplicate_token_pairs,
     head_type_scores,
     induction_pairs,
@@ -231,12 +231,20 @@ def test_bad_input_raises_one_line(call, needle):
 
 
 def test_atlas_section(smollm2, real_texts):
+    """The section renders head_types_analysis: its previous-token column is head_type_scores on the
+    texts cut to max_tokens, its induction column head_type_scores on the seeded repeated blocks."""
     part = atlas_section(smollm2, {"texts": real_texts[:2], "seed": 3, "max_tokens": 24, "progress": False})
     assert part["title"] == "Classic head types" and "random tokens repeated twice" in part["text"]
     assert len(part["figures"]) == 3 and all(type(f).__name__ == "Figure" for f in part["figures"])
     assert [c for c, _ in part["tables"]] == ["top previous_token heads", "top duplicate_token heads", "top induction heads"]
     assert all(len(df) == 10 for _, df in part["tables"])
     body = part["json"]
-    assert body["schema"] == "interp.heads/1" and len(body["rows"]) == 270
-    assert body["metrics"] == ["previous_token", "duplicate_token", "induction", "echo"]
-    assert interp.HeadTable.from_dict(body).top("induction", 1)["induction"].iloc[0] > 0.1
+    assert body["config"] == {"seed": 3, "max_tokens": 24, "n_repeated": 4, "method": "auto"}
+    table = interp.HeadTable.from_dict(body["heads"])
+    assert len(table) == 270 and table.metrics == ["previous_token", "duplicate_token", "induction", "echo"]
+    texts = [smollm2.to_tokens(t)[0, :24] for t in real_texts[:2]]
+    prev = head_type_scores(smollm2, texts, ("previous_token",), progress=False)
+    assert np.allclose(table["previous_token"], prev["previous_token"], atol=1e-12)
+    blocks = repeated_random_tokens(smollm2, 24, 2, batch=4, seed=3)
+    ind = head_type_scores(smollm2, blocks, ("induction",), progress=False)
+    assert np.allclose(table["induction"], ind["induction"], atol=1e-12)

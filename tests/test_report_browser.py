@@ -59,7 +59,7 @@ def _card(page):
 def test_head_card_shows_the_values_of_atlas_json(small_atlas, browser):
     out, _ = small_atlas
     body = json.loads((out / "atlas.json").read_text())
-    induction = body["sections"]["head_types"]["rows"]
+    induction = body["sections"]["head_types"]["heads"]["rows"]
     best = max(induction, key=lambda r: r["induction"])  # the strongest induction head: it has a label
     label = best["label"]
     page, errors, requests = _open(browser, (out / "report.html").as_uri() + f"#{label}")
@@ -67,8 +67,8 @@ def test_head_card_shows_the_values_of_atlas_json(small_atlas, browser):
     profile = body["head_atlas"]["profiles"][label]
     assert head == label
     assert shown == {f"{t}.{m}": (v, r) for t, m, v, r, _ in profile["scores"]}
-    assert shown["head_types.induction"][0] == best["induction"], "the card's number is the section's number"
-    assert shown["head_types.induction"][1] == 1
+    assert shown["head_types.heads.induction"][0] == best["induction"], "the card's number is the section's number"
+    assert shown["head_types.heads.induction"][1] == 1
     assert labels == [x[0] for x in profile["labels"]] and "induction" in labels
     assert page.locator("#head-card .pattern").count() == len(body["head_atlas"]["examples"]["texts"]) == 3
     assert errors == []
