@@ -31,12 +31,16 @@ def _global_options(
                                         "float16 (converted and parity-checked in float32, then cast)"),
     no_parity_check: bool = typer.Option(False, "--no-parity-check", help="load a model even when its log-probs "
                                          "differ from transformers' by more than 1e-3 (the difference is recorded)"),
+    n_devices: int = typer.Option(1, "--n-devices", min=1, help="split the model's layers over this many GPUs "
+                                  "from --device (`interp plan` says how many a run needs)"),
 ):
     """interp-workbench: trace every attention head, find circuits, export reports."""
     from interp.loading import parse_dtype
 
     LOAD_OPTIONS.clear()
     LOAD_OPTIONS.update(dtype=parse_dtype(dtype), check=not no_parity_check)
+    if n_devices != 1:
+        LOAD_OPTIONS["n_devices"] = n_devices
 
 
 
