@@ -140,6 +140,10 @@ def _card_html(card: dict[str, Any]) -> str:
     rows["attention_layers"] = ", ".join(f"{i}:{t}" for i, t in enumerate(layout)) if len(set(layout)) > 1 else f"all {layout[0]}"
     if card.get("source"):
         rows["source"] = f"{card['source'].get('kind')}: {card['source'].get('location')}"
+    if card.get("parity"):  # log-prob agreement with transformers, measured when the model was converted
+        from interp.parity import Parity
+
+        rows["parity"] = Parity.from_dict(card["parity"]).line()
     df = pd.DataFrame({"field": list(rows), "value": [str(v) for v in rows.values()]})
     return df.to_html(classes="data", index=False, border=0)
 
