@@ -46,15 +46,30 @@ def resolve(name_or_path: str, cache_dir: Path) -> ModelSource:
         return ModelSource("hf_dir", path.name, str(path.resolve()), _dir_fingerprint(files))
     if text.endswith(".gguf") or os.sep in text and not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise InputError(f"model file {text} does not exist; check the path")
+    official = _transformer_lens_name(text)
+    if official is not None:  # TransformerLens' names and aliases ("gpt2-small", "pythia-70m") → the hub id
+        return ModelSource("hub", official, official, hashlib.sha256(official.encode()).hexdigest())
     if _HUB_ID.match(text):
         return ModelSource("hub", text, text, hashlib.sha256(text.encode()).hexdigest())
     raise InputError(
         f"unknown model {text!r}; available: {', '.join(EMBEDDED)} "
-        f"(or a local .gguf file, a local Hugging Face directory, or a hub id like org/name)"
+        f"(or a local .gguf file, a local Hugging Face directory, a hub id like org/name, or a TransformerLens "
+        f"model name like gpt2-small)"
     )
 
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def _transformer_lens_name(text: str) -> str | None:
+    """The hub id TransformerLens' model table gives a name or alias (no network), if it is a
+    transformers checkpoint (not one of TransformerLens' own .pth toy models)."""
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    official = make_model_alias_map().get(text.lower())
+    if official is None or official.startswith(("NeelNanda/", "ArthurConmy/", "Baidicoot/")):
+        return None
+    return official
 
 
 def _check_hf_dir(path: Path) -> None:

@@ -210,3 +210,10 @@ def test_dtype_is_parsed_and_applied(smollm2, cache_dir):
     with torch.no_grad():
         gap = (half(ids).float().log_softmax(-1) - smollm2(ids).log_softmax(-1)).abs()[0, -1].max().item()
     assert gap < 0.5  # bf16 keeps ~3 significant digits; the last position's log-probs stay close
+
+
+def test_transformer_lens_names_resolve_to_hub_ids_offline(tmp_path):
+    with no_network():
+        assert resolve("gpt2-small", tmp_path).location == "gpt2"
+        assert resolve("pythia-70m", tmp_path).location == "EleutherAI/pythia-70m"
+        assert resolve("google/gemma-2-2b", tmp_path).kind == "hub"
