@@ -20,7 +20,7 @@ endif
 TORCH ?= torch==2.13.0
 STEP = PYTHON=$(PYTHON) bash tools/install_step.sh
 
-.PHONY: install install-test atlas test
+.PHONY: install install-test atlas test gpu-check
 
 $(VENV)/bin/python:
 	@bash tools/make_venv.sh $(BASE_PYTHON) $(VENV)
@@ -50,3 +50,7 @@ atlas: install
 # pytest-randomly shuffles the order and prints its seed; replay a run with --randomly-seed=N.
 test: install-test
 	$(PYTHON) -m pytest -n 2 --dist loadscope
+
+# The whole GPU acceptance in one command, on a CUDA machine (< 8 min on an H100/H200): see benchmarks/gpu_check.py.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py

@@ -8,6 +8,9 @@ attention_received pass against one SDPA forward.
 
 CPU part: the chunked torch backend's time and peak RSS for (d=64, H=9, H_kv=3), each N in a
 fresh subprocess so the peak belongs to that N alone, next to the size of a dense pattern.
+``--part cpu-vs-sdpa``: the torch backend's forward+stats and torch SDPA's forward timed
+alternately in one process per N (median of --cpu-repeats each), the ratio that the 1.5×
+target is about; on a shared machine only that side-by-side ratio is meaningful.
 
     python benchmarks/bench_attention.py --help
 """
@@ -197,6 +200,62 @@ def cpu_one(n: int, repeats: int) -> dict:
             "gflops": causal_flops(n, d, h) / min(times) / 1e9}
 
 
+def sdpa_cpu(q, k, v):
+    """torch SDPA's causal forward on CPU with native GQA (its flash kernel for float32)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def _peak_above_current_mib(fn) -> float:
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def cpu_vs_sdpa_one(n: int, repeats: int) -> dict:
+    """Our torch backend (forward+stats) and torch SDPA's forward, timed alternately in this one
+    process (SDPA, ours, SDPA, ours, ...), so load on a shared machine hits both alike; median
+    of ``repeats`` each, the ratio of the medians, and the peak RSS of one call of each."""
+    d, h, hkv = CPU_SHAPE
+    q, k, v = random_inputs(n, d, h, hkv, torch.float32, "cpu")
+    ours = lambda: kernels.attention_with_stats(q, k, v, causal=True, backend="torch")  # noqa: E731
+    sdpa = lambda: sdpa_cpu(q, k, v)  # noqa: E731
+    small = [x[:, :, :256] for x in (q, k, v)]
+    kernels.attention_with_stats(*small, backend="torch"), sdpa_cpu(*small)  # warm up both
+    peaks = {"ours_peak_rss_MiB": _peak_above_current_mib(ours), "sdpa_peak_rss_MiB": _peak_above_current_mib(sdpa)}
+    times = {"sdpa": [], "ours": []}
+    for _ in range(repeats):
+        for name, fn in (("sdpa", sdpa), ("ours", ours)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {"N": n, "d": d, "H": h, "H_kv": hkv, "repeats": repeats, "sdpa_s": med["sdpa"], "ours_s": med["ours"],
+            "ratio": med["ours"] / med["sdpa"], "sdpa_all_s": times["sdpa"], "ours_all_s": times["ours"],
+            "load_average": os.getloadavg(), **peaks}
+
+
+def cpu_vs_sdpa_rows(lengths, repeats, threads):
+    rows = []
+    for n in lengths:
+        cmd = [sys.executable, __file__, "--_cpu-vs-sdpa-one", str(n), "--cpu-repeats", str(repeats),
+               "--threads", str(threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def cpu_vs_sdpa_table(rows):
+    lines = ["| d | H/H_kv | N | repeats | SDPA forward s (median) | ours forward+stats s (median) | ours / SDPA "
+             "| ours peak RSS MiB | SDPA peak RSS MiB | load average (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['d']} | {r['H']}/{r['H_kv']} | {r['N']} | {r['repeats']} | {r['sdpa_s']:.3f} | "
+                     f"{r['ours_s']:.3f} | {r['ratio']:.2f} | {r['ours_peak_rss_MiB']:.0f} | "
+                     f"{r['sdpa_peak_rss_MiB']:.0f} | {r['load_average'][0]:.1f} |")
+    return "\n".join(lines)
+
+
 def cpu_rows(lengths, repeats, threads):
     rows = []
     for n in lengths:
@@ -221,17 +280,21 @@ def cpu_table(rows):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("all", "cuda", "cpu"), default="all",
-                   help="which part to run; the CUDA part is skipped (with a note) when no GPU is present")
+    p.add_argument("--part", choices=("all", "cuda", "cpu", "cpu-vs-sdpa"), default="all",
+                   help="which part to run; the CUDA part is skipped (with a note) when no GPU is present; "
+                        "cpu-vs-sdpa times torch SDPA's forward and our torch backend alternately in one "
+                        "process per N (not part of 'all')")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
                    help="sequence lengths for the CUDA part")
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per CUDA measurement (median reported)")
     p.add_argument("--cpu-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192],
                    help="sequence lengths for the CPU part")
-    p.add_argument("--cpu-repeats", type=int, default=1, help="timed repeats per CPU measurement (best reported)")
+    p.add_argument("--cpu-repeats", type=int, default=1,
+                   help="timed repeats per CPU measurement (best reported; cpu-vs-sdpa: median, use 5 or more)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     p.add_argument("--out", type=Path, help="also write all results as JSON here")
     p.add_argument("--_cpu-one", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--_cpu-vs-sdpa-one", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -240,6 +303,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args._cpu_one is not None:
         print(json.dumps(cpu_one(args._cpu_one, args.cpu_repeats)))
+        return 0
+    if args._cpu_vs_sdpa_one is not None:
+        print(json.dumps(cpu_vs_sdpa_one(args._cpu_vs_sdpa_one, args.cpu_repeats)))
         return 0
     result = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
@@ -259,6 +325,10 @@ def main(argv=None) -> int:
         result["cpu_rows"] = cpu_rows(args.cpu_lengths, args.cpu_repeats, args.threads)
         print(f"## CPU: torch backend, float32, causal, B=1, {args.threads} threads\n")
         print(cpu_table(result["cpu_rows"]) + "\n")
+    if args.part == "cpu-vs-sdpa":
+        result["cpu_vs_sdpa"] = cpu_vs_sdpa_rows(args.cpu_lengths, args.cpu_repeats, args.threads)
+        print(f"## CPU: torch backend vs torch SDPA, float32, causal, B=1, {args.threads} threads, alternated\n")
+        print(cpu_vs_sdpa_table(result["cpu_vs_sdpa"]) + "\n")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0

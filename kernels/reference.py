@@ -2,10 +2,19 @@
 
 Queries are processed in chunks of C rows; each chunk scores only the key range its rows can
 see (``masking.key_bounds``), so the largest temporary is a ``[B, H, C, K]`` score tile with
-K <= N. C is chosen so that tile stays under ``DEFAULT_TILE_ELEMENTS`` elements: memory is
-O(B·H·N·C), never O(N²). Work is vectorised over batch and heads; grouped-query attention
-views q as ``[B, H_kv, group, N, d]`` so K and V are never repeated. Arithmetic is float32
-(float64 for float64 inputs) whatever the input dtype.
+K <= N. C is chosen per chunk so that tile stays under ``DEFAULT_TILE_ELEMENTS`` elements
+(about 4 MiB in float32, which stays in a CPU's last-level cache): memory is O(B·H·N·C),
+never O(N²); under a causal mask the early chunks, which see few keys, take more rows.
+Work is vectorised over batch and heads; grouped-query attention views q as
+``[B, H_kv, group, N, d]`` so K and V are never repeated. Arithmetic is float32 (float64 for
+float64 inputs) whatever the input dtype.
+
+Per chunk the forward makes one fused softmax over the score tile and reads every other
+statistic off that tile and the softmax output: the row max and its key (a blocked max:
+``amax`` over 128-key blocks, then the winning block only, since a max with indices over the
+whole tile costs ten times an ``amax`` on CPU), x = s - max in place, p = softmax(x),
+lse = max - log p_max, entropy = -log p_max - Σ p·x (one fused row dot; both terms >= 0, so
+no cancellation however large the scores), range masses as sums over key slices, out = p·v.
 """
 from __future__ import annotations
 
@@ -16,50 +25,98 @@ import torch
 from .masking import key_bounds, queries_per_key, visible
 from .stats import AttentionStats
 
-DEFAULT_TILE_ELEMENTS = 1 << 22
+DEFAULT_TILE_ELEMENTS = 1 << 20
+ARGMAX_BLOCK = 128
 
 
-def chunk_rows(batch_heads: int, n: int, chunk_size: int | None = None) -> int:
-    """Query rows per chunk: ``chunk_size`` if given, else as many as fit the tile budget."""
+def _keys_seen(c0: int, c1: int, n: int, causal: bool, window: int | None) -> int:
+    lo, hi = key_bounds(c0, c1, n, causal, window)
+    return hi - lo
+
+
+def chunk_rows(batch_heads: int, n: int, c0: int, causal: bool, window: int | None,
+               chunk_size: int | None = None, tile_elements: int | None = None) -> int:
+    """Query rows of the chunk starting at row ``c0``: ``chunk_size`` if given, else as many as
+    keep ``batch_heads × rows × keys seen`` within ``tile_elements`` (default
+    ``DEFAULT_TILE_ELEMENTS``), at least one row."""
+    left = n - c0
     if chunk_size is not None:
-        return max(1, min(n, int(chunk_size)))
-    return max(1, min(n, DEFAULT_TILE_ELEMENTS // max(1, batch_heads * n)))
+        return max(1, min(left, int(chunk_size)))
+    budget = max(1, (tile_elements or DEFAULT_TILE_ELEMENTS) // max(1, batch_heads))
+    rows = max(1, min(left, budget // max(1, _keys_seen(c0, c0 + 1, n, causal, window))))
+    while rows > 1 and rows * _keys_seen(c0, c0 + rows, n, causal, window) > budget:
+        rows = max(1, min(rows - 1, budget // max(1, _keys_seen(c0, c0 + rows, n, causal, window))))
+    return rows
+
+
+def chunks(batch_heads: int, n: int, causal: bool, window: int | None,
+           chunk_size: int | None = None) -> list[tuple[int, int]]:
+    """The ``(c0, c1)`` query chunks covering rows 0 .. n-1 (``chunk_rows`` each)."""
+    plan, c0 = [], 0
+    while c0 < n:
+        c1 = c0 + chunk_rows(batch_heads, n, c0, causal, window, chunk_size)
+        plan.append((c0, c1))
+        c0 = c1
+    return plan
+
+
+def workers(device, n_chunks: int) -> int:
+    """How many Python threads share the chunks: torch's intra-op thread count on CPU, 1 elsewhere."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(n_chunks, torch.get_num_threads()))
+
+
+def run_chunks(plan: list[tuple[int, int]], fn, device) -> None:
+    """Call ``fn(c0, c1, worker)`` for every chunk of ``plan``.
+
+    On CPU with T > 1 torch threads, T Python threads take the chunks round-robin (worker w
+    gets chunks w, w+T, ...) and run torch single-threaded, like SDPA's CPU kernel, which
+    splits its work once over its threads. Thousands of small intra-op parallel regions would
+    each wait for every OpenMP thread: on a loaded machine one descheduled thread stalls every
+    op (measured: 5x slower at 2 threads on a shared 2-core VM). The static split keeps results
+    bitwise reproducible for a given thread count. The thread count is restored afterwards.
+    """
+    count = workers(device, len(plan))
+    if count == 1:
+        for c0, c1 in plan:
+            fn(c0, c1, 0)
+        return
+    import threading
+
+    saved = torch.get_num_threads()
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            torch.set_num_threads(1)
+            for c0, c1 in plan[worker::count]:
+                fn(c0, c1, worker)
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(count)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(saved)
+    if errors:
+        raise errors[0]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _range_indicator(lo: int, hi: int, ranges: list[tuple[int, int]], dtype, device) -> torch.Tensor:
-    """``[hi-lo, R]`` 0/1 matrix: key lo+i lies in range r."""
-    pos = torch.arange(lo, hi, device=device)[:, None]
-    bounds = torch.tensor(ranges, dtype=torch.int64, device=device).reshape(-1, 2)
-    return ((pos >= bounds[:, 0]) & (pos < bounds[:, 1])).to(dtype)
-
-
 def _scores(q_chunk: torch.Tensor, k_range: torch.Tensor, scale: float) -> torch.Tensor:
-    """Scaled scores ``[B, H_kv, g, C, K]`` from q ``[B, H_kv, g, C, d]`` and k ``[B, H_kv, K, d]``."""
+    """Scaled scores ``[B, H_kv, g, C, K]`` from q ``[B, H_kv, g, C, d]`` and k ``[B, H_kv, K, d]``
+    (the scale is applied to the small q chunk, not to the tile)."""
     b, hkv, g, c, d = q_chunk.shape
-    flat = q_chunk.reshape(b, hkv, g * c, d)
-    return torch.matmul(flat, k_range.transpose(-1, -2)).view(b, hkv, g, c, -1).mul_(scale)
-
-
-def finalize(m, l, t, arg, acc, mass):
-    """Normalise running softmax sums into (out, lse, entropy, max_prob, argmax, mass).
-
-    m: row max of the scores (0 where the row saw no key), l = Σ exp(s - m),
-    t = Σ exp(s - m)·(s - m), arg: key index of the max, acc = Σ exp(s - m)·v and
-    mass[..., r] = Σ_{j in range r} exp(s - m), all with matching leading dims.
-    Rows with l == 0 saw no key and get lse -inf, out 0, entropy 0, max_prob 0, argmax -1,
-    masses 0.
-    """
-    ok = l > 0
-    inv = torch.where(ok, 1.0 / l, torch.zeros_like(l))
-    log_l = torch.log(l)
-    lse = torch.where(ok, m + log_l, torch.full_like(l, -math.inf))
-    entropy = torch.where(ok, log_l - t * inv, torch.zeros_like(l)).clamp_(min=0.0)
-    argmax = torch.where(ok, arg, torch.full_like(arg, -1))
-    return acc * inv[..., None], lse, entropy, inv, argmax, mass * inv[..., None]
+    flat = (q_chunk * scale).reshape(b, hkv, g * c, d)
+    return torch.matmul(flat, k_range.transpose(-1, -2)).view(b, hkv, g, c, -1)
 
 
 def _hidden_band(c0: int, c1: int, lo: int, hi: int, causal: bool, window: int | None, device):
@@ -81,22 +138,50 @@ def _fill_hidden(s: torch.Tensor, band, value: float) -> None:
         s[..., a:z].masked_fill_(hidden, value)
 
 
-def _forward_chunk(q_chunk, k_range, v_range, indicator, band, scale):
-    """Attention of one query chunk over its key range; returns ``finalize`` outputs, argmax local."""
+def row_max(s: torch.Tensor, block: int = ARGMAX_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max, argmax)`` over the last dim of ``s``, the lowest index on ties, as ``s.max(-1)``
+    gives them: the max of each ``block``-wide key block by ``amax``, then an indexed max over
+    the block maxima and over the winning block alone."""
+    k = s.shape[-1]
+    nb = k // block
+    if nb < 2:
+        return s.max(-1)
+    blocks = s[..., :nb * block].unflatten(-1, (nb, block))
+    best, blk = blocks.amax(-1).max(-1)
+    inner = blocks.gather(-2, blk[..., None, None].expand(*blk.shape, 1, block)).squeeze(-2)
+    m, arg = inner.max(-1)
+    arg = arg + blk * block
+    if nb * block < k:  # ragged tail: a later key wins only if strictly larger
+        tm, ta = s[..., nb * block:].max(-1)
+        later = tm > m
+        m = torch.where(later, tm, m)
+        arg = torch.where(later, ta + nb * block, arg)
+    return m, arg
+
+
+def _forward_chunk(q_chunk, k_range, v_range, ranges, lo, band, scale):
+    """Attention of one query chunk over keys ``lo .. lo+K-1``: ``(out, lse, entropy, max_prob,
+    argmax, mass)`` with argmax an absolute key index and ``mass[..., r]`` the mass on range r.
+    Rows that see no key get out 0, lse -inf, entropy 0, max_prob 0, argmax -1, masses 0."""
     b, hkv, g, c, d = q_chunk.shape
     s = _scores(q_chunk, k_range, scale)
     _fill_hidden(s, band, -math.inf)
-    m, arg = s.max(dim=-1)
-    m.masked_fill_(m == -math.inf, 0.0)
-    s.sub_(m[..., None])
-    p = torch.exp(s)
-    _fill_hidden(s, band, 0.0)
-    l = p.sum(-1)
-    t = s.mul_(p).sum(-1)
-    flat = p.view(b, hkv, g * c, -1)
-    acc = torch.matmul(flat, v_range).view(b, hkv, g, c, d)
-    mass = torch.matmul(flat, indicator).view(b, hkv, g, c, -1)
-    return finalize(m, l, t, arg, acc, mass)
+    m, arg = row_max(s)
+    ok = m > -math.inf
+    s.sub_(torch.where(ok, m, 0.0)[..., None])  # x = s - max <= 0: entropy without cancellation
+    p = torch.softmax(s, dim=-1)
+    _fill_hidden(s, band, 0.0)  # p is 0 there; 0·(-inf) would be NaN in Σ p·x
+    p_max = p.gather(-1, arg[..., None]).squeeze(-1)
+    neg_log_pmax = -torch.log(p_max)  # lse - max
+    lse = m + neg_log_pmax
+    entropy = (neg_log_pmax - torch.linalg.vecdot(p, s)).clamp_(min=0.0)
+    k = s.shape[-1]
+    mass = torch.stack([p[..., min(max(a - lo, 0), k):min(max(z - lo, 0), k)].sum(-1) for a, z in ranges], -1)
+    out = torch.matmul(p.view(b, hkv, g * c, k), v_range).view(b, hkv, g, c, d)
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    return (torch.where(ok[..., None], out, zero), torch.where(ok, lse, -math.inf),
+            torch.where(ok, entropy, zero), torch.where(ok, p_max, zero),
+            torch.where(ok, arg + lo, -1), torch.where(ok[..., None], mass, zero))
 
 
 def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
@@ -118,17 +203,16 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
     mass_all = torch.empty((b, h, n, len(mass_ranges)), device=dev)
     argmax = torch.empty((b, h, n), dtype=torch.int64, device=dev)
     views = [t.unflatten(1, (hkv, g)) for t in (out, lse, entropy, max_prob, argmax, mass_all)]
-    rows = chunk_rows(b * h, n, chunk_size)
-    for c0 in range(0, n, rows):
-        c1 = min(n, c0 + rows)
+
+    def one_chunk(c0: int, c1: int, _worker: int) -> None:
         lo, hi = key_bounds(c0, c1, n, causal, window)
         band = _hidden_band(c0, c1, lo, hi, causal, window, dev)
-        indicator = _range_indicator(lo, hi, mass_ranges, cd, dev)
         res = _forward_chunk(qg[:, :, :, c0:c1].to(cd), k[:, :, lo:hi].to(cd), v[:, :, lo:hi].to(cd),
-                             indicator, band, scale)
-        res = res[:4] + (torch.where(res[4] >= 0, res[4] + lo, res[4]),) + res[5:]
+                             mass_ranges, lo, band, scale)
         for view, value in zip(views, res):
             view[:, :, :, c0:c1] = value
+
+    run_chunks(chunks(b * h, n, causal, window, chunk_size), one_chunk, dev)
     stats = AttentionStats(lse=lse, entropy=entropy, max_prob=max_prob, argmax=argmax,
                            sink_mass=mass_all[..., 0].contiguous(), span_mass=mass_all[..., 1:].contiguous())
     return out, stats
@@ -149,15 +233,20 @@ def received(q, k, lse, *, causal: bool, window: int | None, scale: float, chunk
     qg = q.unflatten(1, (hkv, g))
     lse_g = lse.to(cd).unflatten(1, (hkv, g))
     lse_g = torch.where(torch.isneginf(lse_g), math.inf, lse_g)
-    total = torch.zeros((b, hkv, g, n), dtype=cd, device=dev)
-    rows = chunk_rows(b * h, n, chunk_size)
-    for c0 in range(0, n, rows):
-        c1 = min(n, c0 + rows)
+    plan = chunks(b * h, n, causal, window, chunk_size)
+    partial = [torch.zeros((b, hkv, g, n), dtype=cd, device=dev) for _ in range(workers(dev, len(plan)))]
+
+    def one_chunk(c0: int, c1: int, worker: int) -> None:
         lo, hi = key_bounds(c0, c1, n, causal, window)
         s = _scores(qg[:, :, :, c0:c1].to(cd), k[:, :, lo:hi].to(cd), scale)
         s.sub_(lse_g[:, :, :, c0:c1, None]).exp_()
         _fill_hidden(s, _hidden_band(c0, c1, lo, hi, causal, window, dev), 0.0)
-        total[..., lo:hi] += s.sum(-2)
+        partial[worker][..., lo:hi] += s.sum(-2)
+
+    run_chunks(plan, one_chunk, dev)
+    total = partial[0]
+    for more in partial[1:]:  # a fixed order: bitwise the same result every run
+        total += more
     total = total.flatten(1, 2).to(torch.float32)
     count = queries_per_key(n, causal, window, device=dev)
     alpha = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))

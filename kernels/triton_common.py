@@ -1,6 +1,8 @@
 """Constants and launch helpers shared by the Triton kernels."""
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -33,25 +35,80 @@ def shared_memory_limit(device: torch.device) -> int:
     return found or SHARED_MEMORY_BY_ARCH.get(props.major * 10 + props.minor, 101376)
 
 
-def cuda_config(tables: tuple[dict, dict], head_dim: int, dtype: torch.dtype, shared_limit: int) -> tuple:
-    """(block a, block b, num_warps, num_stages) from (half table, float32 table) by head dim;
-    on GPUs with ~100 KB of shared memory, fewer pipeline stages and smaller blocks for d >= 128."""
-    half_table, fp32_table = tables
-    block_a, block_b, warps, stages = (fp32_table if dtype == torch.float32 else half_table)[head_dim]
-    if shared_limit < 160 * 1024:
-        stages = min(stages, 2)
-        if head_dim >= 128:
-            block_a = min(block_a, 64)
-    return block_a, block_b, warps, stages
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def launch_config(tables: tuple[dict, dict], interpret_config: tuple, head_dim: int, dtype: torch.dtype,
-                  device: torch.device) -> tuple:
-    """Launch config for these inputs: the CUDA table entry, or the interpreter config off CUDA."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return interpret_config
-    return cuda_config(tables, head_dim, dtype, shared_memory_limit(device))
+# One launch config: two block sizes (the kernel's own names), num_warps, num_stages.
+LaunchConfig = tuple[int, int, int, int]
+
+
+def dtype_bytes(dtype) -> int:
+    """Element size of a torch or triton dtype (2 for fp16/bf16, 4 for float32)."""
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).element_size()
+    return max(1, dtype.primitive_bitwidth // 8)
+
+
+def fits(config: LaunchConfig, head_dim: int, elt_bytes: int, shared_limit: int, *, streamed: str) -> bool:
+    """Whether a config is worth compiling for this head dim and element size on a GPU with
+    ``shared_limit`` bytes of shared memory per block.
+
+    Shared memory estimate (checked against the compiled kernels' metadata by the AOT test):
+    ``num_stages`` buffers of the streamed tiles (K and V blocks for the forward,
+    ``streamed="kv"``; query blocks for the received pass, ``streamed="q"``), the resident
+    tile, and for the forward one p tile in the input dtype (the p·v dot) and one in float32
+    (the IEEE mass dot). Registers: the float32 accumulator ([block, head_dim]) must stay
+    within 128 registers a thread.
+    """
+    block_a, block_b, warps, stages = config
+    if streamed == "kv":
+        need = (stages * 2 * block_b * head_dim + block_a * head_dim + block_a * block_b) * elt_bytes
+        need += 4 * block_a * block_b
+    else:
+        need = (stages * block_b * head_dim + block_a * head_dim) * elt_bytes
+    acc_regs = block_a * head_dim // (32 * warps)
+    return need <= shared_limit and acc_regs <= 128
+
+
+def autotune_configs(configs: list[LaunchConfig], names: tuple[str, str],
+                     interpret_config: LaunchConfig) -> list[triton.Config]:
+    """triton.Config objects from ``(block a, block b, warps, stages)`` tuples; under the
+    interpreter only ``interpret_config`` (small blocks, so short CPU tests still cross several
+    blocks), so the interpreter never benchmarks configs."""
+    chosen = [interpret_config] if interpreting() else configs
+    return [triton.Config({names[0]: a, names[1]: b}, num_warps=w, num_stages=st) for a, b, w, st in chosen]
+
+
+def pruner(tensor_arg: str, names: tuple[str, str], streamed: str):
+    """An ``early_config_prune`` for triton.autotune: keeps the configs that ``fits`` the launch's
+    device (head dim and dtype read from the launch), or the smallest one if none fits."""
+
+    def prune(configs, named_args, **kwargs):
+        x = named_args[tensor_arg]
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        limit = shared_memory_limit(x.device) if x.device.type == "cuda" else max(SHARED_MEMORY_BY_ARCH.values())
+        as_tuple = lambda c: (c.kwargs[names[0]], c.kwargs[names[1]], c.num_warps, c.num_stages)  # noqa: E731
+        kept = [c for c in configs if fits(as_tuple(c), head_dim, dtype_bytes(x.dtype), limit, streamed=streamed)]
+        return kept or [min(configs, key=lambda c: c.kwargs[names[0]] * c.kwargs[names[1]] * c.num_stages)]
+
+    return prune
+
+
+def length_bucket(n: int) -> int:
+    """Autotuning key for a sequence length: the next power of two (from 256, capped at 65536),
+    so a trace over prompts of many lengths tunes once per bucket, not once per length."""
+    return min(max(next_pow2(n), 256), 1 << 16)
+
+
+def tuned_configs(kernel) -> dict[str, dict]:
+    """What an autotuned kernel picked so far: its cache, key (as a string) → config kwargs
+    plus num_warps / num_stages."""
+    found = {}
+    for key, config in getattr(kernel, "cache", {}).items():
+        found[str(key)] = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    return found
 
 
 @triton.jit

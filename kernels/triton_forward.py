@@ -22,17 +22,18 @@ import triton
 import triton.language as tl
 
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E, NEG, dot_precision, interpreter_upcast, launch_config, mma, next_pow2,
-                           visible)
+from .triton_common import (LN2, LOG2E, NEG, autotune_configs, dot_precision, interpreter_upcast, length_bucket,
+                           mma, next_pow2, pruner, tuned_configs, visible)
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) by head dim, for CUDA: fp16/bf16 and float32.
-# float32 runs its IEEE dots on CUDA cores and stages twice the bytes, hence smaller tiles.
-HALF_CONFIGS = {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3),
-                128: (128, 64, 8, 3), 256: (64, 32, 4, 2)}
-FP32_CONFIGS = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2),
-                128: (64, 32, 4, 2), 256: (32, 32, 4, 1)}
-CUDA_CONFIGS = (HALF_CONFIGS, FP32_CONFIGS)
+# Autotuning set, (BLOCK_M, BLOCK_N, num_warps, num_stages), after the fused-attention tutorial's;
+# pruned per launch by shared memory and accumulator registers (triton_common.fits). float32
+# runs its IEEE dots on CUDA cores and stages twice the bytes, hence its smaller tiles.
+HALF_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
+                (64, 32, 4, 2), (32, 32, 4, 2)]
+FP32_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (32, 32, 4, 2), (128, 32, 8, 2), (32, 16, 4, 1)]
 INTERPRET_CONFIG = (16, 16, 1, 1)
+BLOCK_NAMES = ("BLOCK_M", "BLOCK_N")
+TUNING_KEY = ["n_bucket", "HEAD_DIM", "MASS_COLS", "CAUSAL", "HAS_WINDOW", "DOT_PRECISION"]
 
 
 @triton.jit
@@ -69,11 +70,15 @@ def _fwd_range(acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, 
                UPCAST_BF16: tl.constexpr):
     """Online-softmax update of one query block over key blocks lo .. hi (step BLOCK_N)."""
     offs_d = tl.arange(0, HEAD_DIM)
+    # Offsets within one block stay 32-bit; the block's start is added in 64 bits, so strided
+    # inputs whose N·stride exceeds 2^31 elements address correctly.
+    k_tile = tl.arange(0, BLOCK_N)[None, :] * stride_kn + offs_d[:, None]
+    v_tile = tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :]
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        k_ptrs = k_base + start_n.to(tl.int64) * stride_kn + k_tile
+        v_ptrs = v_base + start_n.to(tl.int64) * stride_vn + v_tile
         if MASK:
             k = tl.load(k_ptrs, mask=offs_n[None, :] < n_ctx, other=0.0)
         else:
@@ -97,20 +102,23 @@ def _fwd_range(acc, m_i, l_i, t_i, arg_i, mass_i, q, k_base, v_base, stride_kn, 
         mass_i = mass_i * alpha[:, None]
         if start_n < mass_hi:
             inside = (offs_n[:, None] >= span_lo[None, :]) & (offs_n[:, None] < span_hi[None, :])
-            mass_i = tl.dot(p, inside.to(tl.float32), mass_i, input_precision=DOT_PRECISION)
+            # Full float32 products whatever the input dtype: tf32 would round p to 10 bits (~1e-3).
+            mass_i = tl.dot(p, inside.to(tl.float32), mass_i, input_precision="ieee")
         m_i = m_new
     return acc, m_i, l_i, t_i, arg_i, mass_i
 
 
-@triton.jit
+# Lengths, window and mass bounds are not specialised (no recompile per prompt length or window).
+@triton.jit(do_not_specialize=["n_ctx", "n_heads", "group", "window", "n_mass", "mass_hi", "n_bucket"])
 def _attn_fwd_stats(Q, K, V, Out, Lse, Ent, MaxP, ArgMax, Mass, SpanLo, SpanHi,
-                    sm_scale, n_ctx, n_heads, group, window, n_mass, mass_hi,
+                    sm_scale, n_ctx, n_heads, group, window, n_mass, mass_hi, n_bucket,
                     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     MASS_COLS: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                     DOT_PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr):
-    """One program: BLOCK_M queries of one (batch, query head); GQA via head // group."""
+    """One program: BLOCK_M queries of one (batch, query head); GQA via head // group.
+    n_bucket is not read: it is the autotuning key for n_ctx (triton_common.length_bucket)."""
     start_m = tl.program_id(0)
     off_bh = tl.program_id(1).to(tl.int64)
     off_b = off_bh // n_heads
@@ -120,7 +128,10 @@ def _attn_fwd_stats(Q, K, V, Out, Lse, Ent, MaxP, ArgMax, Mass, SpanLo, SpanHi,
     offs_m = q_first + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < n_ctx
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
+    first64 = q_first.to(tl.int64)
+    rows_in_block = tl.arange(0, BLOCK_M)[:, None]
+    q_ptrs = (Q + off_b * stride_qb + off_h * stride_qh + first64 * stride_qn
+              + (rows_in_block * stride_qn + offs_d[None, :]))
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     k_base = K + off_b * stride_kb + off_hk * stride_kh
     v_base = V + off_b * stride_vb + off_hk * stride_vh
@@ -159,7 +170,8 @@ def _attn_fwd_stats(Q, K, V, Out, Lse, Ent, MaxP, ArgMax, Mass, SpanLo, SpanHi,
     ent = tl.where(seen, tl.maximum((log2_l - t_i * inv_l) * LN2, 0.0), 0.0)
     arg_i = tl.where(seen, arg_i, -1)
 
-    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    o_ptrs = (Out + off_b * stride_ob + off_h * stride_oh + first64 * stride_on
+              + (rows_in_block * stride_on + offs_d[None, :]))
     tl.store(o_ptrs, (acc * inv_l[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None])
     row = off_bh * n_ctx + offs_m
     tl.store(Lse + row, lse, mask=row_ok)
@@ -170,32 +182,59 @@ def _attn_fwd_stats(Q, K, V, Out, Lse, Ent, MaxP, ArgMax, Mass, SpanLo, SpanHi,
     tl.store(mass_ptrs, mass_i * inv_l[:, None], mask=row_ok[:, None] & (cols[None, :] < n_mass))
 
 
+def _tuned(dtype: torch.dtype):
+    """The autotuned launcher for this dtype family (half or float32 config set)."""
+    return _TUNED_FP32 if dtype == torch.float32 else _TUNED_HALF
+
+
+def _make_tuned(configs):
+    return triton.autotune(configs=autotune_configs(configs, BLOCK_NAMES, INTERPRET_CONFIG), key=TUNING_KEY,
+                           prune_configs_by={"early_config_prune": pruner("Q", BLOCK_NAMES, streamed="kv")})(
+        _attn_fwd_stats)
+
+
+_TUNED_HALF = _make_tuned(HALF_CONFIGS)
+_TUNED_FP32 = _make_tuned(FP32_CONFIGS)
+
+
+def best_configs() -> dict[str, dict]:
+    """The configs autotuning has picked in this process, by tuning key (for the GPU check)."""
+    return {**tuned_configs(_TUNED_HALF), **tuned_configs(_TUNED_FP32)}
+
+
 def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
             mass_ranges: list[tuple[int, int]], block: tuple[int, int, int, int] | None = None):
     """Launch the forward kernel; same contract as ``kernels.reference.forward``.
 
-    q ``[B, H, N, d]``, k and v ``[B, H_kv, N, d]`` with unit stride on d. ``block`` overrides
-    (BLOCK_M, BLOCK_N, num_warps, num_stages). Returns ``(out, AttentionStats)``.
+    q ``[B, H, N, d]``, k and v ``[B, H_kv, N, d]`` with unit stride on d. ``block`` fixes
+    (BLOCK_M, BLOCK_N, num_warps, num_stages); without it the launch is autotuned over
+    HALF_CONFIGS or FP32_CONFIGS (one config, INTERPRET_CONFIG, under the interpreter), keyed
+    on the length bucket, head dim, number of mass columns, masking and dtype. Returns
+    ``(out, AttentionStats)``.
     """
     b, h, n, d = q.shape
     dev = q.device
-    block_m, block_n, warps, stages = block or launch_config(CUDA_CONFIGS, INTERPRET_CONFIG, d, q.dtype, dev)
     out = torch.empty((b, h, n, d), dtype=q.dtype, device=dev)
     lse, ent, maxp = (torch.empty((b, h, n), device=dev, dtype=torch.float32) for _ in range(3))
     argmax = torch.empty((b, h, n), device=dev, dtype=torch.int64)
     mass = torch.empty((b, h, n, len(mass_ranges)), device=dev, dtype=torch.float32)
     bounds = torch.tensor(_range_bounds(mass_ranges), dtype=torch.int32, device=dev)
     mass_hi = max([stop for start, stop in mass_ranges if stop > start], default=0)
-    grid = (triton.cdiv(n, block_m), b * h)
-    _attn_fwd_stats[grid](
-        q, k, v, out, lse, ent, maxp, argmax, mass, bounds[0], bounds[1],
-        scale, n, h, h // k.shape[1], 0 if window is None else window, len(mass_ranges), mass_hi,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, MASS_COLS=max(16, next_pow2(len(mass_ranges))),
-        CAUSAL=causal, HAS_WINDOW=window is not None,
-        DOT_PRECISION=dot_precision(q.dtype), UPCAST_BF16=interpreter_upcast(q.dtype, dev),
-        num_warps=warps, num_stages=stages)
+    args = (q, k, v, out, lse, ent, maxp, argmax, mass, bounds[0], bounds[1],
+            scale, n, h, h // k.shape[1], 0 if window is None else window, len(mass_ranges), mass_hi,
+            length_bucket(n),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
+    meta = dict(HEAD_DIM=d, MASS_COLS=max(16, next_pow2(len(mass_ranges))), CAUSAL=causal,
+                HAS_WINDOW=window is not None, DOT_PRECISION=dot_precision(q.dtype),
+                UPCAST_BF16=interpreter_upcast(q.dtype, dev))
+    if block is None:
+        grid = lambda cfg: (triton.cdiv(n, cfg["BLOCK_M"]), b * h)  # noqa: E731
+        _tuned(q.dtype)[grid](*args, **meta)
+    else:
+        block_m, block_n, warps, stages = block
+        _attn_fwd_stats[(triton.cdiv(n, block_m), b * h)](*args, **meta, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                          num_warps=warps, num_stages=stages)
     stats = AttentionStats(lse=lse, entropy=ent, max_prob=maxp, argmax=argmax,
                            sink_mass=mass[..., 0].contiguous(), span_mass=mass[..., 1:].contiguous())
     return out, stats

@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
 from kernels import reference
-from kernels.masking import queries_per_key
+from kernels.masking import key_bounds, queries_per_key
 from test_kernels_dense import assert_stats_close, dense_attention, dense_mask, max_rel_err, random_qkv
 
 OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -177,10 +177,34 @@ def test_torch_backend_never_builds_an_n_by_n_tile():
     with watch:
         _, stats = kernels.attention_with_stats(q, k, v, backend="torch")
         kernels.attention_received(q, k, stats.lse, backend="torch")
-    rows = reference.chunk_rows(1, n)
-    assert rows < n
-    assert watch.largest <= rows * n
-    assert watch.largest * 4 <= n * n
+    assert reference.DEFAULT_TILE_ELEMENTS * 4 <= n * n
+    assert watch.largest <= reference.DEFAULT_TILE_ELEMENTS
+
+
+def test_chunks_fill_the_tile_budget_and_cover_every_row():
+    """Causal chunks that see few keys take more rows; every chunk stays within the budget."""
+    n, heads, budget = 1000, 3, 30_000
+    for causal, window in [(True, None), (True, 50), (False, None), (False, 50)]:
+        c0, sizes = 0, []
+        while c0 < n:
+            rows = reference.chunk_rows(heads, n, c0, causal, window, tile_elements=budget)
+            lo, hi = key_bounds(c0, c0 + rows, n, causal, window)
+            assert rows == 1 or heads * rows * (hi - lo) <= budget
+            sizes.append(rows)
+            c0 += rows
+        assert c0 == n
+        if causal and window is None:
+            assert sizes[0] > 2 * sizes[-1]
+
+
+def test_row_max_matches_max_with_ties_to_the_lowest_index():
+    g = torch.Generator().manual_seed(0)
+    for k in (5, 128, 300, 1000):
+        s = torch.randint(0, 6, (3, 7, k), generator=g).float()  # many ties
+        s[0, 0] = -math.inf
+        m, arg = reference.row_max(s)
+        expect_m, expect_arg = s.max(-1)
+        assert torch.equal(m, expect_m) and torch.equal(arg, expect_arg)
 
 
 def test_validation_errors(monkeypatch):
@@ -223,3 +247,23 @@ def test_inference_only_outputs_carry_no_grad():
     out, stats = kernels.attention_with_stats(q, k, v)
     received, alpha = kernels.attention_received(q, k, stats.lse)
     assert not any(t.requires_grad for t in (out, stats.lse, received, alpha))
+
+
+def test_chunks_spread_over_threads_match_dense_and_are_reproducible():
+    """With several torch threads the CPU chunks run on that many Python threads (run_chunks)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, k, v = random_qkv(2, 6, 2, 90, 16, spread=2.0)
+        assert reference.workers("cpu", 10) == 2
+        out, stats = reference.forward(q, k, v, causal=True, window=40, scale=0.25, mass_ranges=[(0, 4), (10, 60)],
+                                       chunk_size=7)
+        ref = dense_attention(q, k, v, window=40, sink_tokens=4, spans=[(10, 60)])
+        assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+        first = reference.received(q, k, stats.lse, causal=True, window=40, scale=0.25, chunk_size=7)
+        second = reference.received(q, k, stats.lse, causal=True, window=40, scale=0.25, chunk_size=7)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+        assert max_rel_err(first[0], ref["received"]) < 1e-4
+        assert torch.get_num_threads() == 2  # restored after the worker threads ran single-threaded
+    finally:
+        torch.set_num_threads(saved)

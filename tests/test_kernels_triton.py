@@ -180,25 +180,40 @@ def test_argmax_ties_go_to_lowest_index_across_blocks():
 
 _AOT_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from kernels import aot
-    from kernels.triton_common import SHARED_MEMORY_BY_ARCH
-    jobs = [(aot.compile_forward, 64, torch.bfloat16, 90, True, None),
-            (aot.compile_forward, 64, torch.float32, 90, True, None),
-            (aot.compile_forward, 256, torch.bfloat16, 90, True, 512),
-            (aot.compile_forward, 128, torch.float16, 80, False, 256),
-            (aot.compile_received, 128, torch.bfloat16, 90, True, None),
-            (aot.compile_received, 64, torch.float16, 80, False, 256)]
-    for fn, d, dtype, arch, causal, window in jobs:
-        c = fn(d, dtype, arch, causal=causal, window=window)
+    from kernels import aot, triton_forward, triton_received
+    from kernels.triton_common import SHARED_MEMORY_BY_ARCH, dtype_bytes
+    # Every config the H100/H200 autotuning benchmarks for the SmolLM2/Llama head dims in bf16,
+    # then one config per other arch, dtype and masking.
+    jobs = [(aot.compile_forward, 128, torch.bfloat16, 90, True, None, c)
+            for c in aot.configs_for(triton_forward, 128, torch.bfloat16, 90)]
+    jobs += [(aot.compile_received, 128, torch.bfloat16, 90, True, None, c)
+             for c in aot.configs_for(triton_received, 128, torch.bfloat16, 90)]
+    jobs += [(aot.compile_forward, 64, torch.float32, 90, True, None, None),
+             (aot.compile_forward, 256, torch.bfloat16, 90, True, 512, None),
+             (aot.compile_forward, 128, torch.float16, 80, False, 256, None),
+             (aot.compile_forward, 64, torch.bfloat16, 86, True, None, None),
+             (aot.compile_received, 64, torch.float16, 80, False, 256, None)]
+    for fn, d, dtype, arch, causal, window, config in jobs:
+        c = fn(d, dtype, arch, causal=causal, window=window, config=config)
         assert c.asm["cubin"], fn.__name__
         assert c.metadata.shared <= SHARED_MEMORY_BY_ARCH[arch], (fn.__name__, d, arch, c.metadata.shared)
-        print(fn.__name__, d, dtype, arch, "shared", c.metadata.shared)
+        print(fn.__name__, d, dtype, arch, config, "shared", c.metadata.shared)
+        ttir, ptx = c.asm["ttir"], c.asm["ptx"]
+        # 64-bit block starts: the row strides are widened to i64 before they scale a block start.
+        strides = ("stride_qn", "stride_kn", "stride_vn", "stride_on") if fn is aot.compile_forward else \\
+            ("stride_qn", "stride_kn")
+        for name in strides:
+            assert f"arith.extsi %{name} : i32 to i64" in ttir, (fn.__name__, name, "32-bit offsets")
         if dtype == torch.float32:  # IEEE float32 dots run on CUDA cores
             continue
         t = "bf16" if dtype == torch.bfloat16 else "f16"
         mma = "wgmma.mma_async" if arch >= 90 else "mma.sync"
-        assert any(mma in line and f".{t}.{t}" in line for line in c.asm["ptx"].splitlines()), \
+        lines = ptx.splitlines()
+        assert any(mma in line and f".{t}.{t}" in line for line in lines), \\
             (fn.__name__, d, arch, "no tensor-core MMA on the inputs")
+        # The sink/span masses of half inputs are IEEE float32 dots: no tf32 MMA anywhere.
+        assert not any("mma" in line and "tf32" in line for line in lines), (fn.__name__, d, arch, "tf32 MMA")
+    print("jobs", len(jobs))
 """)
 
 
@@ -206,15 +221,82 @@ def _ptxas() -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _ptxas().exists(), reason="triton wheel has no NVIDIA backend/ptxas: cannot compile for CUDA")
-def test_kernels_compile_for_sm90_and_sm80(tmp_path):
+def test_autotune_configs_compile_for_sm90_sm86_and_sm80(tmp_path):
+    """Without a GPU: the kernels compile to cubin for sm_90 (every autotuned bf16 d=128 config),
+    sm_86 and sm_80, fit the per-block shared memory, use tensor cores on the inputs, run the
+    masses in float32 (no tf32) and widen row strides to 64 bits."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     env.pop("TRITON_INTERPRET", None)
     done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("shared") == 6
+    jobs = int(done.stdout.strip().splitlines()[-1].split()[-1])
+    assert jobs >= 12 and done.stdout.count("shared") == jobs
+
+
+def test_pruning_keeps_a_config_for_every_head_dim_and_arch():
+    from kernels import aot
+
+    for module in (triton_forward, triton_received):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            for d in (16, 32, 64, 128, 256):
+                for arch in (80, 86, 90):
+                    assert aot.configs_for(module, d, dtype, arch), (module.__name__, dtype, d, arch)
+
+
+def test_interpreter_autotunes_over_one_small_config():
+    """Under TRITON_INTERPRET the autotuners hold only the 16x16 interpreter config: no benchmarking."""
+    if not os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("interpreter only")
+    for module in (triton_forward, triton_received):
+        for tuned in (module._TUNED_HALF, module._TUNED_FP32):
+            assert len(tuned.configs) == 1
+            assert tuple(tuned.configs[0].kwargs.values()) == module.INTERPRET_CONFIG[:2]
+
+
+_OFFSETS_SCRIPT = textwrap.dedent("""
+    import os, sys, tempfile
+    import torch
+    sys.path.insert(0, "tests")
+    from kernels import triton_forward, triton_received
+    from test_kernels_dense import assert_stats_close, dense_attention, max_rel_err
+    # Rows 2^24 elements apart: offsets reach 160 * 2^24 > 2^31. The rows live in a sparse file
+    # (5 GiB of address space, ~1 MiB of touched pages); the interpreter does int32 arithmetic
+    # like the GPU, so 32-bit offsets would wrap and read the wrong rows (or fault).
+    n, d, stride = 160, 16, 1 << 24
+    path = tempfile.mktemp(dir=sys.argv[1])
+    with open(path, "wb") as f:
+        f.truncate(n * stride * 2)
+    base = torch.from_file(path, shared=True, size=n * stride, dtype=torch.float16)
+    g = torch.Generator().manual_seed(0)
+    views = []
+    for i in range(3):  # q, k, v side by side inside each far-apart row
+        view = base.as_strided((1, 1, n, d), (n * stride, n * stride, stride, 1), storage_offset=i * d)
+        view.copy_((torch.randn(1, 1, n, d, generator=g) * 2).half())
+        views.append(view)
+    q, k, v = views
+    ref = dense_attention(q.clone(), k.clone(), v.clone(), window=70, sink_tokens=4, spans=[(100, 150)])
+    out, stats = triton_forward.forward(q, k, v, causal=True, window=70, scale=d ** -0.5,
+                                        mass_ranges=[(0, 4), (100, 150)])
+    assert_stats_close(out, stats, ref, out_tol=2e-3, stat_tol=2e-3)
+    received, _ = triton_received.received(q, k, ref["lse"].float(), causal=True, window=70, scale=d ** -0.5)
+    assert max_rel_err(received, ref["received"]) < 2e-3
+    os.remove(path)
+    print("ok")
+""")
+
+
+def test_row_offsets_past_two_to_the_31_elements(tmp_path):
+    """Strided q/k/v whose row offsets exceed 2^31 elements (e.g. [B, N, H, d] views at long N)."""
+    if DEVICE == "cuda":
+        pytest.skip("runs through the interpreter's int32 arithmetic; the AOT test checks the compiled form")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _OFFSETS_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-3000:])
 
 
 @pytest.mark.cuda

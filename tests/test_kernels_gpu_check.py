@@ -1,0 +1,57 @@
+"""benchmarks/gpu_check.py, the one-command GPU acceptance, run here in its CPU dry-run mode.
+
+The dry run goes through every part (the cuda-marked tests, which skip without a GPU; attention
+against SDPA; the statistics trace; the needle test; SAE training) at tiny shapes under Triton's
+interpreter with a tiny random Llama, so the script that a short GPU loan depends on is itself
+tested: it must finish, write a JSON with every part and a Markdown section, and leave
+benchmarks/RESULTS.md alone.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = {"cuda_tests", "attention", "trace", "needle", "sae"}
+
+
+def test_gpu_check_dry_run_runs_every_part(tmp_path):
+    results = REPO / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out-dir", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    [json_path] = tmp_path.glob("gpu_check-*.json")
+    [md_path] = tmp_path.glob("gpu_check-*.md")
+    report = json.loads(json_path.read_text())
+    assert report["schema"] == "interp.gpu_check/1" and report["small"] is True
+    assert set(report["parts"]) == PARTS
+    for name, part in report["parts"].items():
+        assert part["status"] == "ok", (name, part["note"])
+    rows = report["parts"]["attention"]["data"]["rows"]
+    assert rows and all(r["ours_ms"] > 0 and r["received_ms"] > 0 and r["math_ms"] > 0 for r in rows)
+    assert "best_configs" in report["parts"]["attention"]["data"]
+    assert [r["N"] for r in report["parts"]["trace"]["data"]["rows"]] == report["settings"]["trace_lengths"]
+    assert report["parts"]["sae"]["data"]["tokens_per_s"] > 0
+    assert report["parts"]["needle"]["data"]["tests"] == 3
+    text = md_path.read_text()
+    assert text.startswith("## GPU check ") and "Dry run on the CPU" in text
+    assert results.read_bytes() == before  # a dry run never writes RESULTS.md
+    print(f"dry run: {seconds:.0f} s")
+
+
+def test_gpu_check_refuses_unknown_parts_and_missing_gpu(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    bad = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--parts", "attention,bogus",
+                          "--out-dir", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "bogus" in bad.stderr and "Traceback" not in bad.stderr
+    if not __import__("torch").cuda.is_available():
+        nogpu = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out-dir", str(tmp_path)], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert nogpu.returncode == 2 and "--dry-run" in nogpu.stderr and "Traceback" not in nogpu.stderr
+    assert not list(tmp_path.iterdir())  # refused before writing anything
