@@ -7,10 +7,12 @@ import sys
 import pytest
 import torch
 
-# Bounds for the IOI sign test, from a measured run (see the test): EAP is first order, so on the real
-# model it is not exact patching; these bounds leave a margin below the measured values.
-SPEARMAN_IOI = 0.5
-SIGN_IOI = 0.8
+# Bounds for the IOI sign test (4 select prompts, seed 0). Measured: Spearman with exact patching 0.82 (EAP)
+# and 0.86 (EAP-IG, 3 steps) over the 48 heads; all 8 heads with >= 20 % of the largest patching effect have
+# the patching sign under both. EAP is first order, so ranks can swap among the small heads: 0.7 leaves room
+# for that and for BLAS differences; the sign of a large effect must not flip.
+SPEARMAN_IOI = 0.7
+SIGN_IOI = 1.0
 
 from circuits.ioi import (  # noqa: E402
     NAMES,
