@@ -17,7 +17,7 @@ def test_notebook_executes(path, smollm2, tmp_path):
     assert not errors
 
 
-CHECKED = ["01_quickstart", "03_sinks_and_dormant_heads", "04_retrieval_and_safety_heads", "05_attention_saes"]
+CHECKED = ["01_quickstart", "02_ioi_circuit", "03_sinks_and_dormant_heads", "04_retrieval_and_safety_heads", "05_attention_saes"]
 
 
 @pytest.mark.parametrize("stem", CHECKED)
