@@ -48,8 +48,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("cuda_tests", "attention", "trace", "needle", "sae")
-# Seconds per part on the GPU (sum 465 s, inside the 8-minute promise with start-up).
-TIME_BOX = {"cuda_tests": 120, "attention": 170, "trace": 70, "needle": 50, "sae": 55}
+# Seconds per part on the GPU (sum 465 s, inside the 8-minute promise with start-up). Most of
+# cuda_tests and of attention's first shape is Triton compiling the autotuning configs.
+TIME_BOX = {"cuda_tests": 150, "attention": 170, "trace": 60, "needle": 40, "sae": 45}
 SMALL_TIME_BOX = {"cuda_tests": 40, "attention": 30, "trace": 30, "needle": 30, "sae": 30}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak (SXM), by device name
 SHAPES = [(64, 9, 3), (128, 32, 8)]  # (d, H, H_kv): SmolLM2-135M, a Llama-3-8B-like layer

@@ -27,6 +27,9 @@ from .stats import AttentionStats
 
 DEFAULT_TILE_ELEMENTS = 1 << 20
 ARGMAX_BLOCK = 128
+# Query rows a chunk keeps at any N (keys then come in blocks, see _blocked_chunk): GEMMs with
+# fewer rows run far below the CPU's rate (9 heads at 16K tokens would leave 7 rows a tile).
+MIN_ROWS = 32
 
 
 def _keys_seen(c0: int, c1: int, n: int, causal: bool, window: int | None) -> int:
@@ -50,11 +53,13 @@ def chunk_rows(batch_heads: int, n: int, c0: int, causal: bool, window: int | No
 
 
 def chunks(batch_heads: int, n: int, causal: bool, window: int | None,
-           chunk_size: int | None = None) -> list[tuple[int, int]]:
-    """The ``(c0, c1)`` query chunks covering rows 0 .. n-1 (``chunk_rows`` each)."""
+           chunk_size: int | None = None, min_rows: int = 1) -> list[tuple[int, int]]:
+    """The ``(c0, c1)`` query chunks covering rows 0 .. n-1 (``chunk_rows`` each, at least
+    ``min_rows`` unless ``chunk_size`` is given)."""
     plan, c0 = [], 0
     while c0 < n:
-        c1 = c0 + chunk_rows(batch_heads, n, c0, causal, window, chunk_size)
+        rows = chunk_rows(batch_heads, n, c0, causal, window, chunk_size)
+        c1 = c0 + (rows if chunk_size is not None else min(n - c0, max(rows, min_rows)))
         plan.append((c0, c1))
         c0 = c1
     return plan
@@ -122,19 +127,20 @@ def _scores(q_chunk: torch.Tensor, k_range: torch.Tensor, scale: float) -> torch
 def _hidden_band(c0: int, c1: int, lo: int, hi: int, causal: bool, window: int | None, device):
     """Where queries c0..c1-1 do not see keys lo..hi-1, as ``(a, z, hidden)``: only key columns
     a..z-1 (relative to lo) hold hidden pairs and ``hidden`` is their ``[c1-c0, z-a]`` bool mask
-    on ``device``; None when every pair is visible. Built on the CPU so CUDA never syncs."""
+    on ``device``, then whether every pair is hidden; None when every pair is visible. Built on
+    the CPU so CUDA never syncs."""
     mask = visible(torch.arange(c0, c1), torch.arange(lo, hi), causal, window)
     if mask is None:
         return None
     cols = (~mask).any(0).nonzero()
     a, z = int(cols[0]), int(cols[-1]) + 1
-    return a, z, (~mask[:, a:z]).to(device, non_blocking=True)
+    return a, z, (~mask[:, a:z]).to(device, non_blocking=True), not bool(mask.any())
 
 
 def _fill_hidden(s: torch.Tensor, band, value: float) -> None:
     """Set the hidden pairs of a score tile ``[..., C, K]`` to ``value`` in place."""
     if band is not None:
-        a, z, hidden = band
+        a, z, hidden = band[:3]
         s[..., a:z].masked_fill_(hidden, value)
 
 
@@ -184,6 +190,43 @@ def _forward_chunk(q_chunk, k_range, v_range, ranges, lo, band, scale):
             torch.where(ok, arg + lo, -1), torch.where(ok[..., None], mass, zero))
 
 
+def _merge(acc, part):
+    """Combine the results of one chunk over two disjoint key sets (``_forward_chunk`` tuples):
+    weights w = exp(lse_part - lse_total) sum to 1 per row; out and masses mix by w; entropy
+    of the mixture = Σ w·H_part + H(w) (both terms >= 0); the max goes to the set with the
+    larger score max, the earlier set on ties (it holds the lower key indices)."""
+    out_a, lse_a, ent_a, pmax_a, arg_a, mass_a = acc
+    out_b, lse_b, ent_b, pmax_b, arg_b, mass_b = part
+    lse = torch.logaddexp(lse_a, lse_b)
+    ref = torch.where(lse > -math.inf, lse, 0.0)
+    w_a, w_b = torch.exp(lse_a - ref), torch.exp(lse_b - ref)
+    ent = w_a * ent_a + w_b * ent_b - torch.special.xlogy(w_a, w_a) - torch.special.xlogy(w_b, w_b)
+    top_a, top_b = w_a * pmax_a, w_b * pmax_b  # each set's largest probability, of the whole row
+    later = top_b > top_a
+    return (w_a[..., None] * out_a + w_b[..., None] * out_b, lse, ent.clamp_(min=0.0), torch.where(later, top_b, top_a),
+            torch.where(later, arg_b, arg_a), w_a[..., None] * mass_a + w_b[..., None] * mass_b)
+
+
+def _blocked_chunk(q_chunk, k, v, ranges, c0, c1, lo, hi, causal, window, scale, key_block, cd):
+    """One query chunk over keys lo..hi-1, ``key_block`` keys at a time (``_forward_chunk``
+    each, merged by ``_merge``): at long N the chunk keeps enough query rows for efficient
+    GEMMs while every tile stays cache-sized. Key blocks no query of the chunk sees are skipped."""
+    result = None
+    for j0 in range(lo, hi, key_block):
+        j1 = min(hi, j0 + key_block)
+        band = _hidden_band(c0, c1, j0, j1, causal, window, q_chunk.device)
+        if band is not None and band[3]:
+            continue
+        part = _forward_chunk(q_chunk, k[:, :, j0:j1].to(cd), v[:, :, j0:j1].to(cd), ranges, j0, band, scale)
+        result = part if result is None else _merge(result, part)
+    if result is None:  # no query of the chunk sees any key (window 0: not reachable through the API)
+        b, hkv, g, c, d = q_chunk.shape
+        rows = torch.zeros((b, hkv, g, c), dtype=cd, device=q_chunk.device)
+        result = (torch.zeros_like(q_chunk), rows - math.inf, rows, rows, rows.long() - 1,
+                  torch.zeros((b, hkv, g, c, len(ranges)), dtype=cd, device=q_chunk.device))
+    return result
+
+
 def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
             mass_ranges: list[tuple[int, int]], chunk_size: int | None = None):
     """Attention with per-query statistics.
@@ -204,15 +247,18 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
     argmax = torch.empty((b, h, n), dtype=torch.int64, device=dev)
     views = [t.unflatten(1, (hkv, g)) for t in (out, lse, entropy, max_prob, argmax, mass_all)]
 
+    plan = chunks(b * h, n, causal, window, chunk_size, min_rows=MIN_ROWS)
+
     def one_chunk(c0: int, c1: int, _worker: int) -> None:
         lo, hi = key_bounds(c0, c1, n, causal, window)
-        band = _hidden_band(c0, c1, lo, hi, causal, window, dev)
-        res = _forward_chunk(qg[:, :, :, c0:c1].to(cd), k[:, :, lo:hi].to(cd), v[:, :, lo:hi].to(cd),
-                             mass_ranges, lo, band, scale)
+        key_block = DEFAULT_TILE_ELEMENTS // (b * h * (c1 - c0)) // ARGMAX_BLOCK * ARGMAX_BLOCK
+        key_block = max(1, hi - lo) if chunk_size is not None else max(ARGMAX_BLOCK, key_block)
+        res = _blocked_chunk(qg[:, :, :, c0:c1].to(cd), k, v, mass_ranges, c0, c1, lo, hi, causal, window, scale,
+                             key_block, cd)
         for view, value in zip(views, res):
             view[:, :, :, c0:c1] = value
 
-    run_chunks(chunks(b * h, n, causal, window, chunk_size), one_chunk, dev)
+    run_chunks(plan, one_chunk, dev)
     stats = AttentionStats(lse=lse, entropy=entropy, max_prob=max_prob, argmax=argmax,
                            sink_mass=mass_all[..., 0].contiguous(), span_mass=mass_all[..., 1:].contiguous())
     return out, stats

@@ -28,9 +28,9 @@ from .triton_common import (LN2, LOG2E, NEG, autotune_configs, dot_precision, in
 # Autotuning set, (BLOCK_M, BLOCK_N, num_warps, num_stages), after the fused-attention tutorial's;
 # pruned per launch by shared memory and accumulator registers (triton_common.fits). float32
 # runs its IEEE dots on CUDA cores and stages twice the bytes, hence its smaller tiles.
-HALF_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
-                (64, 32, 4, 2), (32, 32, 4, 2)]
-FP32_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (32, 32, 4, 2), (128, 32, 8, 2), (32, 16, 4, 1)]
+HALF_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2),
+                (32, 32, 4, 2)]
+FP32_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)]
 INTERPRET_CONFIG = (16, 16, 1, 1)
 BLOCK_NAMES = ("BLOCK_M", "BLOCK_N")
 TUNING_KEY = ["n_bucket", "HEAD_DIM", "MASS_COLS", "CAUSAL", "HAS_WINDOW", "DOT_PRECISION"]

@@ -17,9 +17,8 @@ from .triton_common import (LOG2E, autotune_configs, dot_precision, interpreter_
 
 # Autotuning set, (BLOCK_N keys, BLOCK_M queries, num_warps, num_stages), pruned per launch by
 # shared memory and registers (triton_common.fits); float32 (IEEE dots) gets smaller tiles.
-HALF_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3),
-                (128, 32, 4, 4), (32, 32, 4, 2)]
-FP32_CONFIGS = [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (128, 32, 8, 2)]
+HALF_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (32, 32, 4, 2)]
+FP32_CONFIGS = [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)]
 INTERPRET_CONFIG = (16, 16, 1, 1)
 BLOCK_NAMES = ("BLOCK_N", "BLOCK_M")
 TUNING_KEY = ["n_bucket", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "DOT_PRECISION"]

@@ -267,3 +267,15 @@ def test_chunks_spread_over_threads_match_dense_and_are_reproducible():
         assert torch.get_num_threads() == 2  # restored after the worker threads ran single-threaded
     finally:
         torch.set_num_threads(saved)
+
+
+def test_key_blocks_merge_to_the_dense_result(monkeypatch):
+    """Long rows come in key blocks merged by log-sum-exp weights (entropy by the chain rule)."""
+    monkeypatch.setattr(reference, "DEFAULT_TILE_ELEMENTS", 3 * 40 * 256)  # key blocks of 256 at 40 rows
+    monkeypatch.setattr(reference, "MIN_ROWS", 40)
+    q, k, v = random_qkv(1, 3, 1, 900, 16, spread=3.0)
+    for causal, window in [(True, None), (True, 300), (False, None), (False, 200)]:
+        out, stats = reference.forward(q, k, v, causal=causal, window=window, scale=0.25,
+                                       mass_ranges=[(0, 4), (100, 700), (899, 900)])
+        ref = dense_attention(q, k, v, causal=causal, window=window, sink_tokens=4, spans=[(100, 700), (899, 900)])
+        assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
