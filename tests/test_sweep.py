@@ -32,7 +32,7 @@ PROBE = textwrap.dedent('''
         out: Path = typer.Option(..., "--out"), as_json: bool = typer.Option(False, "--json"),
         value: float = typer.Option(1.0, "--value"), fail: bool = typer.Option(False, "--fail"),
         kill_once: Optional[Path] = typer.Option(None, "--kill-once"),
-        hang_once: Optional[Path] = typer.Option(None, "--hang-once"),
+        hang_unless: Optional[Path] = typer.Option(None, "--hang-unless"),
         seconds: float = typer.Option(0.0, "--seconds", min=0.0),
     ):
         """Write probe.json with value and value squared."""
@@ -41,8 +41,7 @@ PROBE = textwrap.dedent('''
         time.sleep(seconds)
         if fail:
             raise RuntimeError(f"probe asked to fail (value {value})")
-        if hang_once is not None and not hang_once.exists():
-            hang_once.write_text("hung")
+        if hang_unless is not None and not hang_unless.exists():  # a job the driver is stopped during
             time.sleep(120)
         with staged_output(out) as stage:
             (stage / "probe.html").write_text("<html><body>probe</body></html>")
@@ -187,14 +186,12 @@ def test_a_rerun_after_an_interrupted_driver_runs_only_the_missing_jobs(ray_loca
         axes = {{ value = [1.0, 2.0] }}
         [[jobs]]
         analysis = "sweep-probe"
-        params = {{ value = 3.0, hang_once = "{tmp_path}/hung3" }}
-        [[jobs]]
-        analysis = "sweep-probe"
-        params = {{ value = 4.0, hang_once = "{tmp_path}/hung4" }}
+        axes = {{ value = [3.0, 4.0] }}
+        params = {{ hang_unless = "{tmp_path}/released" }}
     """)
     out = tmp_path / "run"
     plan = load_spec(spec)
-    fast = [j.id for j in plan.jobs if "hang_once" not in j.options]
+    fast = [j.id for j in plan.jobs if "hang_unless" not in j.options]
 
     def interrupt(counts):
         if counts["done"] == 2:
@@ -207,6 +204,7 @@ def test_a_rerun_after_an_interrupted_driver_runs_only_the_missing_jobs(ray_loca
     assert json.loads((out / "summary.json").read_text())["counts"] == {"total": 4, "done": 2, "failed": 0,
                                                                          "missing": 2}
     stamps = {i: (out / "jobs" / i / "job.json").stat().st_mtime_ns for i in fast}
+    (tmp_path / "released").write_text("")  # the stopped jobs would now finish at once
     result = run_sweep(plan, out, progress=False)
     assert sorted(result.skipped) == sorted(fast)
     assert sorted(result.ran) == sorted(j.id for j in plan.jobs if j.id not in fast)

@@ -106,26 +106,25 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, address: Optional[str]
     if not out.resolve().parent.is_dir():
         raise InputError(f"the folder {out.resolve().parent} for --out does not exist; create it or choose another --out")
     check_address(address)
-    (out / "jobs").mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "sweep.json", {"schema": "interp.sweep/1", "model": None, "spec": str(spec.path),
-                                       "max_retries": spec.max_retries, "jobs": [j.to_dict() for j in spec.jobs]})
     result = SweepResult(out=out)
     pending = [j for j in spec.jobs if not is_finished(job_folder(out, j))]
     result.skipped = [j.id for j in spec.jobs if j not in pending]
     started = time.perf_counter()
+    started_ray = connect(address) if pending else False  # a cluster that is not there: nothing written
     try:
+        (out / "jobs").mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / "sweep.json", {"schema": "interp.sweep/1", "model": None, "spec": str(spec.path),
+                                           "max_retries": spec.max_retries, "jobs": [j.to_dict() for j in spec.jobs]})
         if pending:
-            started_ray = connect(address)
-            try:
-                _run_pending(pending, out, spec.max_retries, result, progress, on_update)
-            finally:
-                if started_ray:
-                    import ray
-
-                    ray.shutdown()
+            _run_pending(pending, out, spec.max_retries, result, progress, on_update)
     finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
         result.seconds = time.perf_counter() - started
-        write_summary(out, spec.jobs)
+        if (out / "jobs").is_dir():
+            write_summary(out, spec.jobs)
     return result
 
 
