@@ -113,7 +113,11 @@ def taxonomy_rows(out: Path, statuses: list[JobStatus]) -> pd.DataFrame:
                 types = doc.get("heads") if name == "heads.json" else None
                 sinks = doc if name == "sinks.json" else None
             if types:
-                found.update(_types_summary(_head_rows(types)))
+                rows = _head_rows(types)
+                found.update(_types_summary(rows))
+                if len(rows):
+                    found.setdefault("n_layers", int(rows["layer"].max()) + 1)
+                    found.setdefault("n_heads", int(rows["head"].max()) + 1)
             if sinks:
                 found["sink_ratio_pct"] = sinks.get("sink_ratio")
                 heads = _head_rows(sinks.get("heads", {}))
