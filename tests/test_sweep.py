@@ -309,3 +309,37 @@ def test_the_summary_joins_sae_metrics_by_layer_and_head_taxonomies_from_the_job
     assert tax["top_induction_head"] == "L1H2 (0.15)" and tax["top_previous_token_head"] == "L0H2 (0.20)"
     assert doc["counts"] == {"total": 7, "done": 6, "failed": 1, "missing": 0}
     assert doc["failures"][0]["id"] == failed.id and doc["failures"][0]["error"] == "RuntimeError: boom"
+
+
+def test_a_sweep_of_real_analyses_on_tiny_models_joins_their_head_taxonomies(ray_local, tmp_path):
+    """`heads` and `sinks` (the real commands) on two tiny Hugging Face models saved with save_pretrained."""
+    from tiny import save_tiny_hf
+
+    models = {}
+    for label in ("llama", "gpt2"):
+        save_tiny_hf(label, tmp_path / label)
+        models[label] = str(tmp_path / label)
+    spec = write_spec(tmp_path / "s.toml", f"""
+        [[jobs]]
+        analysis = ["heads", "sinks"]
+        model = ["{models['llama']}", "{models['gpt2']}"]
+        params = {{ n_texts = 2, max_tokens = 16 }}
+    """)
+    out = tmp_path / "run"
+    plan = load_spec(spec)
+    result = run_sweep(plan, out, progress=False)
+    assert result.ok and len(result.ran) == 4, result.failed
+    taxonomy = {row["model"]: row for row in summarize(out, plan.jobs)["taxonomy"]}
+    assert len(taxonomy) == 2
+    for job in plan.jobs:
+        doc = json.loads((out / "jobs" / job.id / f"{job.analysis}.json").read_text())
+        row = taxonomy[doc["model"]]
+        assert job.id in row["jobs"]
+        if job.analysis == "sinks":
+            assert row["sink_ratio_pct"] == doc["sink_ratio"]
+        else:
+            rows = doc["heads"]["rows"]
+            top = max(rows, key=lambda r: r["induction"])
+            assert row["top_induction_head"] == f"{top['label']} ({top['induction']:.2f})"
+            assert row["induction_heads_over_0.1"] == sum(r["induction"] > 0.1 for r in rows)
+            assert (row["n_layers"], row["n_heads"]) == (2, 4)
