@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from transformer_lens import HookedTransformer
 
+from interp.head_ids import HeadId
 from interp.errors import InputError
 from interp.patching import PromptPairs
 
@@ -587,7 +588,7 @@ def ioi_analysis(model: HookedTransformer, *, n_prompts: int = 48, n_eval: int |
     heads = circuit.heads
     roles = classify_roles(model, held, heads, n_evidence=role_prompts, n_inhibition=max(4, role_prompts // 2), seed=seed)
     for row in roles.to_dict(orient="records"):
-        circuit.evidence[f"A{row['layer']}.{row['head']}"].update(
+        circuit.evidence[HeadId(row["layer"], row["head"]).node].update(
             {k: v for k, v in row.items() if k not in ("label", "layer", "head")})
     eval_rows = details["head_curve_eval"]
     chosen, held_row = details["head_circuit"], details["held_out_rows"]["heads"]

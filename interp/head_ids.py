@@ -70,6 +70,11 @@ class HeadId:
     def __str__(self) -> str:
         return self.label
 
+    def __iter__(self):
+        """`layer, head = head_id`, as with the (layer, head) tuples it replaces."""
+        yield self.layer
+        yield self.head
+
 
 HeadLike = Union[HeadId, str, tuple, int]
 

@@ -141,3 +141,8 @@ def test_profile_is_shown_inline_in_jupyter(atlas):
     page = atlas.profile("L1H2")._repr_html_()
     assert "L1H2" in page and "IOI name mover" in page and "<table" in page
     assert isinstance(atlas.profile("L1H2").df, pd.DataFrame)
+
+
+def test_head_id_unpacks_like_the_tuple_it_replaces():
+    layer, head = HeadId.parse("L17H4")
+    assert (layer, head) == (17, 4) and tuple(HeadId(2, 3)) == (2, 3)
