@@ -74,14 +74,16 @@ def load_model(
     root = cache_root(cache_dir)
     source = resolve(str(name_or_path), root)
     entry = root / "models" / f"{source.cache_key}-v{CONVERTER_VERSION}"
-    if not _is_complete(entry):
+    model = _read_entry(entry) if _is_complete(entry) else None
+    if model is None:
         if source.kind == "hub":
             _require_network(source.location)
         with _entry_lock(entry):  # another process may be converting the same model
-            if not _is_complete(entry):
-                log.info("converting %s into a HookedTransformer (first load; cached in %s)", source.label, entry)
+            model = _read_entry(entry) if _is_complete(entry) else None
+            if model is None:
+                _announce_conversion(source, entry)
                 _convert_into(source, entry, check)
-    model = _load_cached(entry)
+                model = _load_cached(entry)
     parity = parity_of(model)
     if parity is not None:
         if check and not parity.passed:
@@ -90,6 +92,31 @@ def load_model(
         if not parity.passed:
             log.warning("%s loaded with the parity check off: %s", source.label, parity.line())
     return split_across_devices(_place(model, "cpu" if n_devices > 1 else device, dtype), n_devices, device)
+
+
+def _read_entry(entry: Path) -> HookedTransformer | None:
+    """The cached model, or None when a complete-looking entry cannot be read (truncated or corrupt
+    files): such an entry is converted again, never trusted."""
+    from safetensors import SafetensorError
+
+    try:
+        return _load_cached(entry)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, InputError) as err:
+        log.warning("the cache entry %s cannot be read (%s); converting the model again", entry, _first_line(err))
+        return None
+
+
+def _announce_conversion(source: ModelSource, entry: Path) -> None:
+    """Say on stderr, also in a notebook with no logging set up, that a one-time conversion starts
+    and about how long it takes (measured on 2 CPU cores: SmolLM2's 98 MB GGUF in about 25 s,
+    Gemma 3's 253 MB GGUF in about 60-150 s)."""
+    import sys
+
+    location = Path(source.location)
+    size_mb = location.stat().st_size / 1e6 if location.is_file() else 0.0
+    eta = f"about {max(20, round(size_mb * 0.35, -1)):.0f} s on 2 CPU cores, " if size_mb else ""
+    print(f"interp: first load of {source.label}: converting it into a HookedTransformer once "
+          f"({eta}then cached in {entry})", file=sys.stderr, flush=True)
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
