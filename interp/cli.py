@@ -43,7 +43,6 @@ def _global_options(
         LOAD_OPTIONS["n_devices"] = n_devices
 
 
-
 def load_cli_model(model: str, device: Optional[str]):
     """The model a command's --model and --device name (InputError for a bad device)."""
     from interp.loading import load_model
@@ -221,6 +220,7 @@ def atlas(
     model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: Optional[str] = DEVICE,
     n_texts: int = typer.Option(32, min=1, help="real-text passages to run"),
     max_tokens: int = typer.Option(128, min=2, help="tokens per passage"),
+    sections: Optional[str] = typer.Option(None, "--sections", help="comma-separated atlas sections to run (default: all)"),
 ):
     """The main job: every analysis on one model → OUT/report.html (offline) and OUT/atlas.json."""
     from interp.atlas import AtlasConfig, run_atlas
