@@ -11,13 +11,16 @@ is dormant and on one where it is active and reports the change in next-token lo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
 from interp import InputError, capture
-from interp.head_table import head_label
+from interp.head_table import HeadTable, head_label
+from interp.results import AnalysisResult, config_dict, frame_records
 from interp.texts import DOMAINS, domain_texts, repeated_token_prompts
 
 
@@ -108,16 +111,63 @@ def causal_check(model: HookedTransformer, switching: pd.DataFrame, prompts: dic
     return pd.DataFrame(rows, columns=["label", "dormant_domain", "delta_dormant", "active_domain", "delta_active"])
 
 
-def active_dormant(model: HookedTransformer, *, domains: Sequence[str] = tuple(DOMAINS), n: int = 8,
-                   max_tokens: int = 128, sink_threshold: float = 0.8, norm_ratio: float = 0.5, seed: int = 0,
-                   check: bool = True, progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class DormantConfig:
+    """Options of `active_dormant` (the paper gives no threshold: both are parameters)."""
+
+    domains: tuple[str, ...] = tuple(DOMAINS)
+    n: int = 8                    # texts per domain
+    max_tokens: int = 128         # each cut to this many tokens
+    sink_threshold: float = 0.8   # dormant: mean attention on the first token at least this
+    norm_ratio: float = 0.5       # dormant: mean output norm at most this x the head's largest over the domains
+    seed: int = 0
+    check: bool = True            # ablate each switching head where dormant and where active
+
+
+@dataclass
+class DormantResult(AnalysisResult):
+    """`table`, one row per head: `max_sink_mass` and `min_norm_ratio` over the domains, `dormant_domains`
+    (how many domains it is dormant on), `switching` (1 when dormant on some and active on others),
+    `delta_dormant` / `delta_active` (next-token loss change, nats, when its output is zeroed where
+    dormant / active; NaN for heads not checked). `stats`: per (domain, head) sink mass, output norm,
+    norm ratio and the call; `switching`: one row per switching head; `causal`: the ablation check."""
+
+    stats: pd.DataFrame
+    switching: pd.DataFrame
+    causal: pd.DataFrame | None
+
+    KIND: ClassVar[str] = "dormant"
+
+    def extras(self) -> dict[str, Any]:
+        return {"params": config_dict(self.config), "per_domain": frame_records(self.stats),
+                "switching": frame_records(self.switching), "causal": frame_records(self.causal)}
+
+
+def active_dormant(model: HookedTransformer, config: DormantConfig | None = None, *, progress: bool = True,
+                   **fields: Any) -> DormantResult:
     """The whole analysis: per-domain stats and calls, switching heads, and (check=True) the
-    ablation check. Returns {"stats", "switching", "causal", "params"}."""
-    prompts = domain_prompts(model, domains, n, max_tokens, seed)
-    stats = classify(domain_head_stats(model, prompts, progress=progress), sink_threshold=sink_threshold,
-                     norm_ratio=norm_ratio)
+    ablation check. `fields` are DormantConfig fields (`active_dormant(model, n=3, domains=[...])`)."""
+    if "domains" in fields:
+        fields["domains"] = tuple(fields["domains"])
+    c = config or DormantConfig(**fields)
+    prompts = domain_prompts(model, c.domains, c.n, c.max_tokens, c.seed)
+    stats = classify(domain_head_stats(model, prompts, progress=progress), sink_threshold=c.sink_threshold,
+                     norm_ratio=c.norm_ratio)
     switching = switching_heads(stats)
-    causal = causal_check(model, switching, prompts, progress=progress) if check else None
-    params = {"domains": list(domains), "n_per_domain": n, "max_tokens": max_tokens, "sink_threshold": sink_threshold,
-              "norm_ratio": norm_ratio, "seed": seed}
-    return {"stats": stats, "switching": switching, "causal": causal, "params": params}
+    causal = causal_check(model, switching, prompts, progress=progress) if c.check else None
+    return DormantResult(_head_table(model, stats, switching, causal), c, stats, switching, causal)
+
+
+def _head_table(model: HookedTransformer, stats: pd.DataFrame, switching: pd.DataFrame,
+                causal: pd.DataFrame | None) -> HeadTable:
+    per_head = stats.groupby(["layer", "head"]).agg(max_sink_mass=("sink_mass", "max"),
+                                                    min_norm_ratio=("norm_ratio", "min"),
+                                                    dormant_domains=("dormant", "sum")).reset_index()
+    per_head["dormant_domains"] = per_head["dormant_domains"].astype(float)
+    labels = [head_label(l, h) for l, h in zip(per_head["layer"], per_head["head"])]
+    per_head["switching"] = [float(x in set(switching["label"])) for x in labels]
+    deltas = causal.set_index("label") if causal is not None and len(causal) else None
+    for column in ("delta_dormant", "delta_active"):
+        per_head[column] = [float(deltas.loc[x, column]) if deltas is not None and x in deltas.index else float("nan")
+                            for x in labels]
+    return HeadTable(per_head, model=model.cfg.model_name, meta={"analysis": "active_dormant"})

@@ -16,6 +16,7 @@ from circuits.heads import head_type_scores, repeated_random_tokens
 from circuits.sinks import extreme_tokens, sink_scores
 from circuits.taxonomy import TAXONOMIES, dormant_labels
 from interp.head_atlas import HeadAtlas
+from interp.results import frame_records
 from interp.cli import DEVICE, JSON, OUT, SEED, check_model, emit, load_cli_model
 from interp.errors import InputError
 from interp.texts import sample_texts
@@ -37,7 +38,7 @@ def model_taxonomy(model, texts: Sequence[str], *, seed: int = 0, dormant_texts:
 def summary_row(result: dict) -> dict[str, Any]:
     """The headline numbers of one model's taxonomy."""
     types, dormant, extreme = result["types"], result["dormant"], result["extreme"]
-    causal = dormant["causal"]
+    causal = dormant.causal
     top = types.top("induction", 1).df.iloc[0]
     return {
         **result["card"],
@@ -46,7 +47,7 @@ def summary_row(result: dict) -> dict[str, Any]:
         "min_value_drain": extreme["value_drain"].min(),
         "induction_heads_over_0.1": int((types["induction"] > 0.1).sum()),
         "top_induction_head": f"{top['label']} ({top['induction']:.2f})",
-        "switching_heads": len(dormant["switching"]),
+        "switching_heads": len(dormant.switching),
         "median_dloss_dormant": None if causal is None or not len(causal) else causal["delta_dormant"].median(),
         "median_dloss_active": None if causal is None or not len(causal) else causal["delta_active"].median(),
     }
@@ -56,9 +57,7 @@ def model_atlas(result: dict) -> HeadAtlas:
     """One model's taxonomy as a head atlas: the circuits taxonomies its tables can express (sinks,
     duplicate-token, induction) and its dormant-domain labels."""
     tables = {"sinks.heads": result["sinks"], "head_types.heads": result["types"]}
-    dormant = result["dormant"]
-    section = {"params": dormant.get("params", {}), "per_domain": dormant["stats"].to_dict(orient="records"),
-               "switching": dormant["switching"].to_dict(orient="records")}
+    section = result["dormant"].extras()
     card = result["card"]
     return HeadAtlas(card["name"], card["n_layers"], card["n_heads"], tables, TAXONOMIES, dormant_labels(section))
 
@@ -127,7 +126,7 @@ def compare_command(
     body = {"models": table.to_dict(orient="records"),
             "per_model": {r["card"]["name"]: {"sinks": r["sinks"].to_dict(), "types": r["types"].to_dict(),
                                               "extreme_tokens": r["extreme"].to_dict(orient="records"),
-                                              "switching": r["dormant"]["switching"].to_dict(orient="records"),
+                                              "switching": frame_records(r["dormant"].switching),
                                               "overlaps": model_atlas(r).overlaps().to_dict()}
                           for r in results}}
     part = {"title": "Side by side", "figures": figures(results), "tables": [("headline numbers", table)],

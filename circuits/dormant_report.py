@@ -6,17 +6,18 @@ from typing import Any, Optional
 
 import typer
 
-from circuits.active_dormant import active_dormant
+from circuits.active_dormant import DormantResult, active_dormant
+from interp.results import config_dict
 from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
 from interp.errors import InputError
 from interp.texts import DOMAINS
 
 
-def _figures(result: dict[str, Any]) -> list:
+def _figures(result: DormantResult) -> list:
     import plotly.express as px
     import plotly.graph_objects as go
 
-    stats, params = result["stats"], result["params"]
+    stats, params = result.stats, config_dict(result.config)
     scatter = px.scatter(stats, x="sink_mass", y="norm_ratio", color="domain", hover_name="label", opacity=0.6,
                          title="every (domain, head): attention on the sink vs output norm (÷ the head's largest)")
     scatter.add_vline(x=params["sink_threshold"], line_dash="dash")
@@ -25,7 +26,7 @@ def _figures(result: dict[str, Any]) -> list:
                         title="distribution of per-domain sink mass over heads")
     hist.add_vline(x=params["sink_threshold"], line_dash="dash")
     figures = [scatter, hist]
-    causal = result["causal"]
+    causal = result.causal
     if causal is not None and len(causal):
         bars = go.Figure([go.Bar(x=causal["label"], y=causal["delta_dormant"], name="ablated where dormant"),
                           go.Bar(x=causal["label"], y=causal["delta_active"], name="ablated where active")])
@@ -35,9 +36,9 @@ def _figures(result: dict[str, Any]) -> list:
     return figures
 
 
-def _summary(result: dict[str, Any]) -> str:
-    p, switching, causal = result["params"], result["switching"], result["causal"]
-    text = (f"<p>Domains: {', '.join(p['domains'])} ({p['n_per_domain']} texts × ≤ {p['max_tokens']} tokens each). "
+def _summary(result: DormantResult) -> str:
+    p, switching, causal = config_dict(result.config), result.switching, result.causal
+    text = (f"<p>Domains: {', '.join(p['domains'])} ({p['n']} texts × ≤ {p['max_tokens']} tokens each). "
             f"A head is <b>dormant</b> on a domain when its mean attention on the first token is ≥ {p['sink_threshold']} "
             f"and its mean output norm is ≤ {p['norm_ratio']} × its largest over the domains; both thresholds are "
             f"parameters, chosen from the distributions below. <b>{len(switching)}</b> heads switch between "
@@ -50,23 +51,18 @@ def _summary(result: dict[str, Any]) -> str:
     return text
 
 
-def _tables(result: dict[str, Any]) -> list:
-    tables = [("switching heads", result["switching"])]
-    if result["causal"] is not None:
-        tables.append(("causal check per switching head", result["causal"]))
+def _tables(result: DormantResult) -> list:
+    tables = [("switching heads", result.switching)]
+    if result.causal is not None:
+        tables.append(("causal check per switching head", result.causal))
     return tables
 
 
-def _json(result: dict[str, Any]) -> dict[str, Any]:
-    causal = result["causal"]
-    return {"params": result["params"], "per_domain": result["stats"].to_dict(orient="records"),
-            "switching": result["switching"].to_dict(orient="records"),
-            "causal": None if causal is None else causal.to_dict(orient="records")}
-
-
-def _section(result: dict[str, Any]) -> dict[str, Any]:
+def _section(result: DormantResult) -> dict[str, Any]:
+    body = result.to_dict()
+    del body["schema"], body["model"]
     return {"title": "Active and dormant heads across text domains", "text": _summary(result),
-            "figures": _figures(result), "tables": _tables(result), "json": _json(result)}
+            "figures": _figures(result), "tables": _tables(result), "json": body}
 
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
@@ -103,6 +99,6 @@ def dormant_command(
     body = part["json"]
     with staged_output(out) as stage:
         write_analysis(stage, "dormant", net.cfg.model_name, body, f"Active and dormant heads: {net.cfg.model_name}", part)
-        result["stats"].to_csv(stage / "dormant_per_domain.csv", index=False)
+        result.stats.to_csv(stage / "dormant_per_domain.csv", index=False)
     emit(as_json, {"schema": "interp.dormant/1", "model": net.cfg.model_name, **body},
-         f"{net.cfg.model_name}: {len(result['switching'])} switching heads; wrote {out}/dormant.html, dormant.json")
+         f"{net.cfg.model_name}: {len(result.switching)} switching heads; wrote {out}/dormant.html, dormant.json")

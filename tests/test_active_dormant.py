@@ -80,8 +80,14 @@ def test_smollm2_induction_heads_switch_and_matter_only_where_active(smollm2):
     """Measured: L18H7, L17H3 and L18H6 (induction heads) are dormant on legal text and active on
     repeated tokens; zeroing them costs far more where they are active."""
     result = active_dormant(smollm2, domains=["legal", "repeated"], n=3, max_tokens=96, progress=False)
-    switching = set(result["switching"]["label"])
+    switching = set(result.switching["label"])
     assert {"L18H7", "L17H3"} <= switching
-    causal = result["causal"].set_index("label")
+    causal = result.causal.set_index("label")
     for label in ("L18H7", "L17H3"):
         assert abs(causal.loc[label, "delta_dormant"]) < 0.02 < causal.loc[label, "delta_active"]
+
+    table = result.table.df.set_index("label")  # the head table carries the same calls and deltas
+    for label in ("L18H7", "L17H3"):
+        assert table.loc[label, "switching"] == 1.0
+        assert table.loc[label, "delta_active"] == causal.loc[label, "delta_active"]
+    assert set(table.index[table["switching"] == 1.0]) == switching
