@@ -38,7 +38,6 @@ from typing import Any, Optional
 from interp.errors import InputError
 
 ROTARY_ROWS = 2048  # TransformerLens' initial rotary cache (grown to the longest sequence seen)
-TILE_ELEMENTS = 1 << 22  # kernels.reference.DEFAULT_TILE_ELEMENTS
 USABLE = 0.9  # of a device's memory: what the allocator, CUDA context and fragmentation leave
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 _UNGATED = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "phi"}
@@ -125,11 +124,22 @@ def activation_peak(shape: ModelShape, length: int, batch: int, s: int, fused: b
     return resid + max(attention, mlp, unembed)
 
 
-def causal_tile(batch_heads: int, n: int) -> int:
-    """Elements of the largest score tile of the chunked reference backend (kernels.reference): chunks
-    of `rows` queries, each scoring the keys up to its last row (causal)."""
-    rows = max(1, min(n, TILE_ELEMENTS // max(1, batch_heads * n)))
-    return batch_heads * max(min(rows, n - start) * min(n, start + rows) for start in range(0, n, rows))
+def causal_tile(batch_heads: int, n: int, threads: int | None = None) -> int:
+    """Elements of the score tiles alive at once in the chunked reference backend (kernels.reference):
+    its own chunk plan (causal), each chunk's keys taken in blocks, one tile per worker thread."""
+    import torch
+
+    from kernels.masking import key_bounds
+    from kernels.reference import ARGMAX_BLOCK, DEFAULT_TILE_ELEMENTS, MIN_ROWS, chunks
+
+    plan = chunks(batch_heads, n, True, None, min_rows=MIN_ROWS)
+    tiles = []
+    for c0, c1 in plan:
+        lo, hi = key_bounds(c0, c1, n, True, None)
+        block = max(ARGMAX_BLOCK, DEFAULT_TILE_ELEMENTS // (batch_heads * (c1 - c0)) // ARGMAX_BLOCK * ARGMAX_BLOCK)
+        tiles.append(batch_heads * (c1 - c0) * min(hi - lo, block))
+    live = max(1, min(len(plan), threads if threads is not None else torch.get_num_threads()))
+    return sum(sorted(tiles)[-live:])
 
 
 def devices_needed(weights: int, activations: int, device_memory: int) -> Optional[int]:
