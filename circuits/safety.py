@@ -36,7 +36,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from circuits.refusal import REFUSAL_PHRASES, is_refusal
-from circuits.retrieval import (
+from interp.decoding import (
     KVCache,
     cached_attention,
     chat_prompt,

@@ -24,11 +24,11 @@ from interp.cli import (
     MODEL,
     OUT,
     SEED,
-    _parse_indices,
     check_index,
     check_model,
     emit,
     load_cli_model,
+    parse_indices,
 )
 from interp.errors import InputError
 
@@ -202,7 +202,7 @@ def safety_command(
     if check_prompts is not None and not 1 <= check_prompts <= n_shipped:
         raise InputError(f"--check-prompts {check_prompts} must lie in 1..{n_shipped}")
     facts = check_model(model, device)
-    chosen = _parse_indices(layers, "layers")
+    chosen = parse_indices(layers, "layers")
     if chosen is not None and not chosen:
         raise InputError(f"--layers {layers!r} names no layer")
     check_index(chosen, facts.n_layers, "layers", facts.name)

@@ -116,7 +116,7 @@ def models(as_json: bool = JSON):
     emit(as_json, doc, "\n".join(lines))
 
 
-def _parse_indices(text: Optional[str], what: str) -> Optional[list[int]]:
+def parse_indices(text: Optional[str], what: str) -> Optional[list[int]]:
     """"0,2,5-7" → [0, 2, 5, 6, 7]; None stays None (meaning all)."""
     if text is None:
         return None
@@ -169,8 +169,8 @@ def trace(
     texts = _read_texts(text, file)
     facts = check_model(model, device)
     check_out(out)
-    check_index(_parse_indices(layers, "layers"), facts.n_layers, "layers", facts.name)
-    check_index(_parse_indices(heads, "heads"), facts.n_heads, "heads", facts.name)
+    check_index(parse_indices(layers, "layers"), facts.n_layers, "layers", facts.name)
+    check_index(parse_indices(heads, "heads"), facts.n_heads, "heads", facts.name)
     if max_pattern_tokens < 1:
         raise InputError(f"--max-pattern-tokens {max_pattern_tokens} must be at least 1")
     if not stats:
@@ -198,7 +198,7 @@ def _trace_capture(net, texts, stage: Path, what, layers, heads, max_pattern_tok
     from interp.head_table import HeadTable
 
     names = [w.strip() for w in what.split(",") if w.strip()]
-    cap = capture(net, texts, names=names, layers=_parse_indices(layers, "layers"), heads=_parse_indices(heads, "heads"),
+    cap = capture(net, texts, names=names, layers=parse_indices(layers, "layers"), heads=parse_indices(heads, "heads"),
                   out_dir=stage / "capture", max_pattern_tokens=max_pattern_tokens)
     scalar = [n for n in cap.names if n in HEAD_SCALARS]
     table = HeadTable.from_arrays({n: cap.head_means(n) for n in scalar}, layers=cap.layers, heads=cap.heads,

@@ -326,12 +326,12 @@ def features_command(
                                          "token by head and source position"),
 ):
     """Feature dashboards: top-activating contexts, attribution to heads, logit effects."""
-    from interp.cli import _parse_indices
+    from interp.cli import parse_indices
     from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
     path, cfg = check_sae_args(check_model(model, device), sae, seed=seed, corpus=corpus)
-    chosen = _parse_indices(features, "features")
+    chosen = parse_indices(features, "features")
     if chosen is not None and not chosen:
         raise InputError(f"--features {features!r} names no feature")
     check_index(chosen, cfg["d_sae"], "features", f"the SAE ({cfg['d_sae']} latents)")

@@ -50,7 +50,7 @@ def test_masked_head_attends_uniformly(tiny):
     def keep(pattern, hook):
         rows["p"] = pattern.detach().clone()
 
-    with torch.no_grad(), tiny.hooks(fwd_hooks=R._mask_hooks(tiny.cfg, [(1, 2)])):
+    with torch.no_grad(), tiny.hooks(fwd_hooks=R.query_zeroing_hooks(tiny.cfg, [(1, 2)])):
         R.run_cached(tiny, tokens[:, :-1], cache)
         with tiny.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", keep)]):
             R.run_cached(tiny, tokens[:, -1:], cache)
