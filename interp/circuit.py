@@ -95,6 +95,21 @@ class Circuit:
         found = {(int(m[1]), int(m[2])) for n in self.nodes if (m := _HEAD.match(n))}
         return sorted(found)
 
+    def _repr_html_(self) -> str:
+        """Inline in Jupyter: what the circuit is, its nodes, its strongest edges and its held-out faithfulness."""
+        import html as _html
+
+        held = [r for r in self.faithfulness if r.get("split") == "eval"]
+        faith = f"; held-out faithfulness at {held[-1].get('n_heads', '?')} heads: {held[-1]['value']:.3g}" if held else ""
+        top = sorted(self.edges, key=lambda e: -abs(e.score))[:10]
+        rows = "".join(f"<tr><td>{_html.escape(e.src)}</td><td>{_html.escape(e.dst)}</td><td>{e.score:.4g}</td></tr>"
+                       for e in top)
+        edges = f"<table><tr><th>src</th><th>dst</th><th>score</th></tr>{rows}</table>" if top else ""
+        return (f"<div><b>{_html.escape(self.kind)} circuit</b> of {_html.escape(str(self.model))} for "
+                f"{_html.escape(str(self.task))} ({_html.escape(str(self.method))}, metric {_html.escape(str(self.metric))}): "
+                f"{len(self.nodes)} nodes, {len(self.edges)} edges{faith}<br>"
+                f"nodes: {_html.escape(', '.join(self.nodes[:40]))}{' …' if len(self.nodes) > 40 else ''}{edges}</div>")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         keys = ("model", "task", "kind", "metric", "method", "nodes", "edges", "faithfulness", "summary", "evidence")

@@ -73,3 +73,14 @@ def test_circuit_json_has_the_design_schema_and_round_trips(tmp_path):
     assert back == c and back.heads == [(0, 1), (2, 3)]
     page = c.to_html(tmp_path / "c.html").read_text()
     assert "A2.3" in page and "name mover" in page and "<script src=" not in page
+
+
+def test_circuit_renders_inline_with_its_held_out_faithfulness():
+    edges = [Edge("A0.1", "A2.3.Q", 0.5), Edge("Resid Start", "A0.1.V", -2.0)]
+    c = Circuit.from_edges(edges, model="tiny", task="ioi", metric="logit_diff", method="eap",
+                           faithfulness=[{"kind": "edges", "n_edges": 2, "n_heads": 2, "value": 0.4, "split": "select"},
+                                         {"kind": "edges", "n_edges": 2, "n_heads": 2, "value": 0.93, "split": "eval"}])
+    page = c._repr_html_()
+    assert "edges circuit" in page and "held-out faithfulness at 2 heads: 0.93" in page
+    table = page[page.index("<table>"):]
+    assert table.index("Resid Start") < table.index("A2.3.Q"), "the strongest edge (|score| 2.0) is listed first"
