@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import torch
 from transformer_lens import HookedTransformer
 
-from interp.head_ids import HeadId
 from interp.errors import InputError
+from interp.head_ids import HeadId
 from interp.patching import PromptPairs
 
 # Wang et al.'s BABA templates ({A} = first-named, {B} = second-named, {S} = the subject again;
@@ -457,7 +457,7 @@ def classify_roles(model: HookedTransformer, data: TaskData, heads: Sequence[tup
     rows = []
     for l, h in heads:
         t = type_of[(l, h)]
-        row = {"label": f"L{l}H{h}", "layer": l, "head": h,
+        row = {"label": HeadId(l, h).label, "layer": l, "head": h,
                **{k: float(v[l, h]) for k, v in ev.items()},
                "copy_score": copy[(l, h)][0], "negative_copy_score": copy[(l, h)][1],
                "s_inhibition_effect": inhibition.get((l, h), float("nan")),
@@ -467,7 +467,7 @@ def classify_roles(model: HookedTransformer, data: TaskData, heads: Sequence[tup
         rows.append(row)
     cols = ["label", "layer", "head", "role"]
     df = pd.DataFrame(rows)
-    df.attrs["name_movers"] = [f"L{l}H{h}" for l, h in movers]
+    df.attrs["name_movers"] = [HeadId(l, h).label for l, h in movers]
     return df[cols + [c for c in df.columns if c not in cols]] if rows else pd.DataFrame(columns=cols)
 
 
@@ -501,7 +501,7 @@ def top_heads(scores: torch.Tensor, k: int, *, absolute: bool = False) -> list[t
     """The k heads of largest score (positive = helps), or of largest |score|, from a [layer, head] tensor."""
     n_heads = scores.shape[1]
     flat = scores.flatten().abs() if absolute else scores.flatten()
-    return [divmod(int(i), n_heads) for i in flat.argsort(descending=True, stable=True)[:k]]
+    return [tuple(HeadId.from_index(int(i), n_heads)) for i in flat.argsort(descending=True, stable=True)[:k]]
 
 
 def jaccard(a, b) -> float:

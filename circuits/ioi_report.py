@@ -9,6 +9,7 @@ import typer
 
 from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
 from interp.errors import InputError
+from interp.head_ids import HeadId
 
 
 def _figures(result: dict[str, Any]) -> list:
@@ -23,7 +24,7 @@ def _figures(result: dict[str, Any]) -> list:
                                  "head's output is mean-ablated (positive = the head helps)"))
     if "patching" in result:
         p = result["patching"]
-        labels = [f"L{l}H{h}" for l in range(p["eap"].shape[0]) for h in range(p["eap"].shape[1])]
+        labels = [HeadId(l, h).label for l in range(p["eap"].shape[0]) for h in range(p["eap"].shape[1])]
         fig = go.Figure(go.Scatter(x=p["exact"].flatten().tolist(), y=p["eap"].flatten().tolist(), mode="markers",
                                    text=labels, hoverinfo="text+x+y"))
         fig.update_layout(title=f"EAP head score vs exact activation patching ({p['n_prompts']} prompts, every head)",

@@ -49,6 +49,7 @@ from interp.decoding import (  # noqa: F401  (re-exported: circuits.retrieval.ru
     stop_token_ids,
 )
 from interp.errors import InputError
+from interp.head_ids import HeadId
 from interp.head_table import HeadTable
 
 THRESHOLD = 0.1  # retrieval head: score above this (Wu et al.)
@@ -364,7 +365,7 @@ def masking_experiment(
     for k, which, draw, heads in _progress(runs, progress, "masking"):
         acc = needle_accuracy(model, tests, masked_heads=heads, max_new_tokens=max_new_tokens, attention=attention)
         rows.append({"k": k, "masked": which, "draw": draw, "recall": acc["recall"].mean(),
-                     "pass_rate": acc["passed"].mean(), "heads": ",".join(f"L{l}H{h}" for l, h in heads)})
+                     "pass_rate": acc["passed"].mean(), "heads": ",".join(HeadId(l, h).label for l, h in heads)})
     return pd.DataFrame(rows)
 
 

@@ -45,6 +45,7 @@ from interp.decoding import (
     stop_token_ids,
 )
 from interp.errors import InputError
+from interp.head_ids import HeadId
 from interp.head_table import HeadTable
 
 ABLATIONS = ("query", "mean", "output")
@@ -323,8 +324,8 @@ def sahara(model: HookedTransformer, base: BaseRun, *, steps: int = 3, ablation:
                 angles[cand] = subspace_angle(base.final, final)
         best = max(angles, key=lambda c: (angles[c], -c[0], -c[1]))
         chosen.append(best)
-        rows.append({"step": step, "layer": best[0], "head": best[1], "label": f"L{best[0]}H{best[1]}",
-                     "angle": angles[best], "set": ",".join(f"L{l}H{h}" for l, h in chosen)})
+        rows.append({"step": step, "layer": best[0], "head": best[1], "label": HeadId(*best).label,
+                     "angle": angles[best], "set": ",".join(HeadId(l, h).label for l, h in chosen)})
         pool = [c for c in pool if c != best]
         if not pool:
             break
@@ -432,7 +433,7 @@ def refusal_check(
                 base_answers[name] = answers
             rows.append({"k": k, "ablated": which, "draw": draw, "set": name,
                          "refusal_rate": float(np.mean([is_refusal(a, phrases) for a in answers])),
-                         "heads": ",".join(f"L{l}H{h}" for l, h in heads)})
+                         "heads": ",".join(HeadId(l, h).label for l, h in heads)})
     return pd.DataFrame(rows), base_answers
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from interp.head_ids import HeadId
 from interp.head_table import HeadTable
 
 
@@ -60,7 +61,7 @@ def head_polysemanticity(sae, model, layer: int, *, alive: torch.Tensor | None =
                      "mean_share": float(a.mean()), "mean_abs_cos": cos,
                      "polysemantic": bool(len(owned) >= 2 and cos < distinct_cos)})
     df = pd.DataFrame(rows)
-    df.insert(2, "label", [f"L{layer}H{h}" for h in df["head"]])
+    df.insert(2, "label", [HeadId(layer, h).label for h in df["head"]])
     return HeadTable(df)
 
 
@@ -100,5 +101,5 @@ def attribution_frame(result: dict[str, Any], model) -> pd.DataFrame:
     grid = result["by_head_source"]
     for h in range(grid.shape[0]):
         for s in range(grid.shape[1]):
-            rows.append({"head": h, "label": f"L{layer}H{h}", "source": s, "token": strs[s], "contribution": float(grid[h, s])})
+            rows.append({"head": h, "label": HeadId(layer, h).label, "source": s, "token": strs[s], "contribution": float(grid[h, s])})
     return pd.DataFrame(rows)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from interp.errors import InputError
+from interp.head_ids import HeadId
 from interp.head_table import HeadTable
 
 
@@ -107,7 +108,7 @@ def compare_heads(table: HeadTable, reference, *, k: int | None = None) -> dict[
     member = torch.tensor([(int(r.layer), int(r.head)) in reference for r in table.df.itertuples()])
     return {"k": k, "precision": hits / k, "recall": hits / len(reference),
             "roc_auc": roc_auc(torch.tensor(table.df["score"].to_numpy()), member),
-            "top_heads": sorted(f"A{l}.{h}" for l, h in top), "reference_heads": sorted(f"A{l}.{h}" for l, h in reference)}
+            "top_heads": sorted(HeadId(l, h).node for l, h in top), "reference_heads": sorted(HeadId(l, h).node for l, h in reference)}
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from interp.head_ids import HeadId
 from saes.attribution import head_attribution
 from saes.evaluate import feature_acts
 
@@ -92,8 +93,8 @@ def dashboard(model, sae, stats: dict[str, Any], feature: int, *, layer: int) ->
     return {
         "feature": feature, "frequency": float(stats["frequency"][feature]),
         "max_activation": float(stats["max_activation"][feature]),
-        "head_attribution": {f"L{layer}H{h}": round(float(s), 4) for h, s in enumerate(shares)},
-        "top_head": f"L{layer}H{int(shares.argmax())}",
+        "head_attribution": {HeadId(layer, h).label: round(float(s), 4) for h, s in enumerate(shares)},
+        "top_head": HeadId(layer, int(shares.argmax())).label,
         "top_contexts": top_contexts(model, stats, feature).to_dict(orient="records"),
         "logit_effects": logit_effects(model, sae, feature, layer=layer).to_dict(orient="records"),
     }

@@ -12,8 +12,20 @@ from typing import Any
 
 import typer
 
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_index, check_model, check_tokens, emit, load_cli_model
+from interp.cli import (
+    DEVICE,
+    JSON,
+    MODEL,
+    OUT,
+    SEED,
+    check_index,
+    check_model,
+    check_tokens,
+    emit,
+    load_cli_model,
+)
 from interp.errors import InputError
+from interp.head_ids import HeadId
 from saes.corpus import SOURCES_HELP
 from saes.train import ARCHITECTURES, saes_root
 
@@ -217,7 +229,7 @@ def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str | None, s
     poly = head_polysemanticity(sae, net, layer, alive=alive)
     share = head_attribution(sae, net.cfg.n_heads)[alive]
     top_head = pd.Series(share.argmax(1).numpy()).value_counts().reindex(range(net.cfg.n_heads), fill_value=0)
-    fig = px.bar(x=[f"L{layer}H{h}" for h in range(net.cfg.n_heads)], y=top_head.values,
+    fig = px.bar(x=[HeadId(layer, h).label for h in range(net.cfg.n_heads)], y=top_head.values,
                  labels={"x": "head", "y": "live features"}, title="live features by the head with the largest decoder share")
     keys = ["l0", "explained_variance", "ce_loss_score", "kl_div_score", "dead_fraction", "dark_matter_r2"]
     text = (f"<p>SAE <code>{sae_path}</code> on <code>blocks.{layer}.attn.hook_z</code> ({sae.cfg.d_sae} latents, "
