@@ -86,6 +86,7 @@ def load_model(
                 model = _load_cached(entry)
     parity = parity_of(model)
     if parity is not None:
+        _LOADED_PARITY[model.cfg.model_name] = parity
         if check and not parity.passed:
             raise InputError(refusal(model.cfg.original_architecture, parity))
         parity.enforced = check
@@ -127,6 +128,15 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if name not in DTYPES:
         raise InputError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
     return DTYPES[name]
+
+
+_LOADED_PARITY: dict[str, Parity] = {}  # model name -> parity of the models load_model returned in this process
+
+
+def parity_of_name(model_name: str | None) -> Parity | None:
+    """The parity of a model this process loaded by that name (what reports that only know the
+    model's name print in their header); None when none was."""
+    return _LOADED_PARITY.get(model_name) if model_name else None
 
 
 def parity_of(model: HookedTransformer) -> Parity | None:

@@ -83,10 +83,17 @@ def _render(section: Section) -> str:
 
 def write_analysis(folder: Path, kind: str, model: str | None, body: dict[str, Any], title: str, part: dict) -> None:
     """An analysis command's output: `folder/{kind}.json` (schema interp.{kind}/1) and
-    `folder/{kind}.html`, a report with the one section `part`."""
+    `folder/{kind}.html`, a report with the one section `part`. Both carry the parity against
+    transformers that `load_model` measured for `model` (when this process loaded it)."""
+    from interp.loading import parity_of_name
     from interp.output import write_json
 
+    parity = parity_of_name(model)
+    if parity is not None:
+        body = {**body, "parity": parity.to_dict()}
     write_json(folder / f"{kind}.json", kind, model, body)
     report = Report(title)
+    if parity is not None:
+        report.add("Model conversion", text=f"<p class='note'>{html.escape(model)}: {html.escape(parity.line())}</p>")
     report.add_section(part)
     report.write(folder / f"{kind}.html")

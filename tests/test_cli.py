@@ -114,6 +114,9 @@ def test_analysis_commands_write_json_and_report(smollm2, tmp_path, command, arg
     assert doc["schema"] == f"interp.{command}/1" and doc["model"] == "smollm2-135m"
     page = (out / f"{command}.html").read_text()
     assert "<script src=" not in page and "Plotly" in page
+    # every report names how faithfully the model was converted: the parity measured at conversion
+    assert doc["parity"]["passed"] and doc["parity"]["max_logprob_diff"] < 1e-3
+    assert "Model conversion" in page and f"{doc['parity']['max_logprob_diff']:.2g}" in page
 
 
 def test_dormant_rejects_an_unknown_domain(tmp_path):
