@@ -394,12 +394,13 @@ def test_patching_effect_is_positive_when_the_head_helps(model, pairs, corrupt):
     assert float(out["effect"][0]) == pytest.approx(clean - patched, abs=1e-4)
 
 
-def test_direct_logit_attribution_matches_transformer_lens_head_results():
+@pytest.mark.parametrize("n_layers", [2, 3])
+def test_direct_logit_attribution_matches_transformer_lens_head_results(n_layers):
     """DLA of the change (clean − corrupted head output at the last position) through the clean run's
     final-norm scale onto W_U[answer] − W_U[wrong], against TransformerLens' hook_result caches."""
     from circuits.attribution import direct_logit_attribution
 
-    m = tiny_gqa_model(seed=2, n_layers=2)
+    m = tiny_gqa_model(seed=2, n_layers=n_layers)
     m.cfg.dtype = torch.float64
     m = m.to(torch.float64)
     pairs = PromptPairs.from_lists(random_prompts([9] * 4, seed=3), random_prompts([9] * 4, seed=4),
@@ -410,6 +411,6 @@ def test_direct_logit_attribution_matches_transformer_lens_head_results():
     _, bad = m.run_with_cache(pairs.corrupt)
     diff = clean.stack_head_results(layer=-1, pos_slice=-1) - bad.stack_head_results(layer=-1, pos_slice=-1)
     scaled = diff / clean["ln_final.hook_scale"][:, -1] * m.ln_final.w.detach()
-    ref = (scaled @ (m.W_U[:, ANSWER] - m.W_U[:, WRONG])).mean(-1).view(2, -1).detach()
+    ref = (scaled @ (m.W_U[:, ANSWER] - m.W_U[:, WRONG])).mean(-1).view(n_layers, -1).detach()
     assert float(ref.abs().max()) > 1e-2
     assert got.double() == pytest.approx(ref, abs=1e-6)
