@@ -38,6 +38,9 @@ from typing import Any, Optional
 from interp.errors import InputError
 
 ROTARY_ROWS = 2048  # TransformerLens' initial rotary cache (grown to the longest sequence seen)
+# float32 tile-sized buffers alive at the fused path's peak: the scores, their softmax, torch.linalg.vecdot's
+# product for the entropy, and about one more of allocator slack (calibrated on SmolLM2 at 1024 tokens, CPU)
+TILE_BUFFERS = 4
 USABLE = 0.9  # of a device's memory: what the allocator, CUDA context and fragmentation leave
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 _UNGATED = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "phi"}
@@ -106,16 +109,18 @@ def dtype_bytes(dtype: str) -> int:
     return _DTYPE_BYTES[key]
 
 
-def activation_peak(shape: ModelShape, length: int, batch: int, s: int, fused: bool, logits: bool = True) -> int:
+def activation_peak(shape: ModelShape, length: int, batch: int, s: int, fused: bool, logits: bool = True,
+                    threads: int | None = None) -> int:
     """Peak activation bytes of one no-grad forward (see the module docstring); `logits=False`
-    for a forward that stops before the unembedding (stop_at_layer)."""
+    for a forward that stops before the unembedding (stop_at_layer). threads: CPU threads the fused
+    reference runs its chunks on (default: torch's current count; one tile is alive per thread)."""
     b, n, h = batch, length, shape.n_heads
     resid = 2 * b * n * shape.d_model * s
     if fused:  # q, z with H heads; k, v with H_kv (never repeated); their head-major copies
         qkvz = 2 * b * n * (h + shape.n_kv_heads) * shape.d_head * s
         head_major = b * n * (h + 2 * shape.n_kv_heads) * shape.d_head * s
         stats = 6 * b * h * n * 4 * shape.n_layers
-        attention = qkvz + head_major + causal_tile(b * h, n) * 4 + stats
+        attention = qkvz + head_major + causal_tile(b * h, n, threads) * 4 * TILE_BUFFERS + stats
     else:  # TransformerLens repeats k and v to H heads for the scores
         qkvz = 4 * b * n * h * shape.d_head * s
         attention = qkvz + b * h * n * n * (4 * s + 1) + n * n
