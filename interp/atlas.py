@@ -16,7 +16,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from interp.errors import InputError
-from interp.head_atlas import HeadAtlas, HeadLabel, head_tables_in
+from interp.head_atlas import HeadAtlas, head_tables_in
 from interp.head_cards import head_cards_html, head_finder_html
 from interp.head_examples import MAX_EXAMPLE_TOKENS, attention_examples, example_texts
 from interp.head_stats import SUMMARY, head_summary
@@ -148,4 +148,4 @@ def _card_html(card: dict[str, Any]) -> str:
     return df.to_html(classes="data", index=False, border=0)
 
 
-__all__ = ["AtlasConfig", "HeadLabel", "run_atlas"]
+__all__ = ["AtlasConfig", "run_atlas"]

@@ -29,7 +29,7 @@ from interp.errors import InputError
 from interp.devices import check_devices, split_across_devices
 from interp.model_source import ModelSource, check_weights, resolve
 from interp.parity import Parity, measure
-from interp.tl_config import (architecture_of, check_causal_lm, check_supported, config_from_json,
+from interp.tl_config import (check_causal_lm, check_supported, config_from_json,
                               config_to_json, tl_config_dict)
 
 log = logging.getLogger("interp")

@@ -132,7 +132,6 @@ def tl_config_dict(hf_config: Any) -> dict[str, Any]:
     if arch in _BUILDERS:
         return _with_rope_scaling(_BUILDERS[arch](hf_config), hf_config)
     check_supported(hf_config)
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
     import transformer_lens.loading_from_pretrained as tl_loading
 

@@ -1,6 +1,5 @@
 """load_model: parity with HF transformers' eager model, the cache, no network, tokenizer, bad input."""
 import json
-import shutil
 
 import pytest
 import torch
