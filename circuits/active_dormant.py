@@ -20,6 +20,7 @@ from transformer_lens import HookedTransformer
 
 from interp import InputError, capture
 from interp.head_table import HeadTable, head_label
+from interp.progress import progress_bar
 from interp.results import AnalysisResult, config_dict, frame_records
 from interp.texts import DOMAINS, domain_texts, repeated_token_prompts
 
@@ -38,7 +39,7 @@ def domain_prompts(model: HookedTransformer, domains: Sequence[str], n: int, max
     return prompts
 
 
-def domain_head_stats(model: HookedTransformer, prompts: dict, *, progress: bool = True) -> pd.DataFrame:
+def domain_head_stats(model: HookedTransformer, prompts: dict, *, progress: bool | None = None) -> pd.DataFrame:
     """Per (domain, layer, head): mean sink mass (attention on token 0) and mean output norm
     ‖z_h W_O‖, over every query position but the first (which can only attend to token 0)."""
     rows = []
@@ -95,14 +96,13 @@ def _zero_head(layer: int, head: int):
 
 
 def causal_check(model: HookedTransformer, switching: pd.DataFrame, prompts: dict, *,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool | None = None) -> pd.DataFrame:
     """For every switching head: next-token loss increase when its output is zeroed, on its most
     dormant domain and on its most active domain (`delta_dormant`, `delta_active`)."""
-    from tqdm.auto import tqdm
 
     base = {d: _loss(model, toks) for d, toks in prompts.items()}
     rows = []
-    for row in tqdm(list(switching.itertuples()), desc="causal check", unit="head", disable=not progress):
+    for row in progress_bar(list(switching.itertuples()), "causal check", progress, unit="head"):
         hook = [_zero_head(row.layer, row.head)]
         d_dormant = _loss(model, prompts[row.dormant_domain], hook) - base[row.dormant_domain]
         d_active = _loss(model, prompts[row.active_domain], hook) - base[row.active_domain]
@@ -143,7 +143,7 @@ class DormantResult(AnalysisResult):
                 "switching": frame_records(self.switching), "causal": frame_records(self.causal)}
 
 
-def active_dormant(model: HookedTransformer, config: DormantConfig | None = None, *, progress: bool = True,
+def active_dormant(model: HookedTransformer, config: DormantConfig | None = None, *, progress: bool | None = None,
                    **fields: Any) -> DormantResult:
     """The whole analysis: per-domain stats and calls, switching heads, and (check=True) the
     ablation check. `fields` are DormantConfig fields (`active_dormant(model, n=3, domains=[...])`)."""

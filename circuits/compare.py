@@ -15,14 +15,14 @@ from circuits.active_dormant import active_dormant
 from circuits.heads import head_type_scores, repeated_random_tokens
 from circuits.sinks import extreme_tokens, sink_scores
 from circuits.taxonomy import TAXONOMIES, dormant_labels
-from interp.head_atlas import HeadAtlas
-from interp.results import frame_records
 from interp.cli import DEVICE, JSON, OUT, SEED, check_model, emit, load_cli_model
 from interp.errors import InputError
+from interp.head_atlas import HeadAtlas
+from interp.results import frame_records
 from interp.texts import sample_texts
 
 
-def model_taxonomy(model, texts: Sequence[str], *, seed: int = 0, dormant_texts: int = 3, progress: bool = True) -> dict:
+def model_taxonomy(model, texts: Sequence[str], *, seed: int = 0, dormant_texts: int = 3, progress: bool | None = None) -> dict:
     """One model's sink table, extreme tokens, head types and active-dormant result."""
     induction_input = repeated_random_tokens(model, 128, batch=4, seed=seed)
     return {

@@ -67,7 +67,7 @@ def _section(result: DormantResult) -> dict[str, Any]:
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
     return _section(active_dormant(model, n=4, max_tokens=96, seed=context.get("seed", 0),
-                                   progress=context.get("progress", True)))
+                                   progress=context.get("progress")))
 
 
 def dormant_command(

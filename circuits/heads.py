@@ -54,8 +54,14 @@ from transformer_lens import HookedTransformer
 from interp.capture import tokenize_prompts
 from interp.errors import InputError
 from interp.head_table import HeadTable
+from interp.kernel_attention import (
+    LayerStats,
+    kernel_attention,
+    layer_windows,
+    unsupported_features,
+)
+from interp.progress import progress_bar
 from interp.results import AnalysisResult
-from interp.kernel_attention import LayerStats, kernel_attention, layer_windows, unsupported_features
 
 KINDS = {
     "previous_token": "attention from each token to the token just before it",
@@ -107,7 +113,7 @@ def head_type_scores(
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
     method: str = "auto",
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> HeadTable:
     """Score every (layer, head) of `model` for each head type in `kinds` (see the module docstring).
 
@@ -126,7 +132,7 @@ def head_type_scores(
     patterns = sorted({_PATTERN_OF[k] for k in kinds})
     totals = {p: torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64) for p in patterns}
     used = set()
-    for rows in _progress(_length_batches(seqs), progress):
+    for rows in progress_bar(_length_batches(seqs), "head types", progress, unit="batch"):
         batch = torch.stack(rows)
         path = _resolve_method(method, batch.shape[1])
         used.add(path)
@@ -190,7 +196,7 @@ class HeadTypesResult(AnalysisResult):
 
 
 def head_types_analysis(model: HookedTransformer, texts: Sequence[str], config: HeadTypesConfig | None = None, *,
-                        progress: bool = False, **fields: Any) -> HeadTypesResult:
+                        progress: bool | None = None, **fields: Any) -> HeadTypesResult:
     """Every classic head type of every head: previous-token scores on `texts` (each cut to
     max_tokens; the repeated random tokens when no text is long enough), duplicate-token, induction
     and echo scores on `n_repeated` random blocks repeated twice (seeded)."""
@@ -276,12 +282,6 @@ def _length_batches(seqs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         size = max(1, BATCH_TOKENS // n)
         batches += [group[i:i + size] for i in range(0, len(group), size)]
     return batches
-
-
-def _progress(batches: list, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(batches, desc="head types", unit="batch", disable=not enabled or len(batches) < 2)
 
 
 def _bos_token(model: HookedTransformer) -> int | None:

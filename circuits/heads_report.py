@@ -46,7 +46,7 @@ def atlas_section(model, context: dict) -> dict[str, Any]:
     """context: "texts" (real passages), "seed", "max_tokens", "progress"."""
     result = head_types_analysis(model, context.get("texts", ()), seed=int(context.get("seed", 0)),
                                  max_tokens=int(context.get("max_tokens", 128)),
-                                 progress=bool(context.get("progress", False)))
+                                 progress=context.get("progress"))
     return section(result)
 
 

@@ -42,7 +42,7 @@ def _cut(model: HookedTransformer, texts: Iterable, max_tokens: int, min_tokens:
 
 
 def sink_scores(model: HookedTransformer, texts: Sequence, *, k: int = 0, eps: float = 0.3, max_tokens: int = 64,
-                backend: str = "auto", progress: bool = True) -> HeadTable:
+                backend: str = "auto", progress: bool | None = None) -> HeadTable:
     """Gu et al.'s first-token sink (or the sink at key k) per head.
 
     Each text is cut to T = `max_tokens` tokens. Columns: `alpha` (mean over samples of α_k) and
@@ -63,7 +63,7 @@ def sink_scores(model: HookedTransformer, texts: Sequence, *, k: int = 0, eps: f
 
 
 def hidden_sinks(model: HookedTransformer, texts: Sequence, *, threshold: float = 0.1, max_tokens: int = 256,
-                 min_queries: int = 1, backend: str = "auto", progress: bool = True) -> pd.DataFrame:
+                 min_queries: int = 1, backend: str = "auto", progress: bool | None = None) -> pd.DataFrame:
     """ACT's hidden sinks: keys j ≥ 1 whose α_j exceeds `threshold`, per head and text.
 
     min_queries: ignore keys seen by fewer queries (ACT's code uses 1, so the last keys, seen by
@@ -88,7 +88,7 @@ def hidden_sinks(model: HookedTransformer, texts: Sequence, *, threshold: float 
 
 
 def extreme_tokens(model: HookedTransformer, texts: Sequence, *, sink_position: int = 0, max_tokens: int = 128,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool | None = None) -> pd.DataFrame:
     """Guo et al.'s value-state drain and residual-state peak, per layer.
 
     For the token at `sink_position` against every other token: mean value-vector norm over heads
@@ -117,7 +117,7 @@ def _split(per_text: list[torch.Tensor], position: int) -> tuple[float, float]:
 
 
 def massive_activations(model: HookedTransformer, texts: Sequence, *, threshold: float = 100.0, ratio: float = 1000.0,
-                        max_tokens: int = 128, progress: bool = True) -> pd.DataFrame:
+                        max_tokens: int = 128, progress: bool | None = None) -> pd.DataFrame:
     """Sun et al.'s massive activations: residual-stream entries (entering each layer) with
     |x| > threshold and |x| > ratio × the median |x| of that layer and text.
     Rows: layer, prompt, position, token, dim, value, ratio_to_median."""
@@ -238,7 +238,7 @@ class SinksResult(AnalysisResult):
 
 
 def sinks_analysis(model: HookedTransformer, texts: Sequence, config: SinksConfig | None = None, *,
-                   progress: bool = True, **fields: Any) -> SinksResult:
+                   progress: bool | None = None, **fields: Any) -> SinksResult:
     """Every sink measurement on `texts`: the head table, hidden sinks, extreme tokens, massive
     activations. `fields` are SinksConfig fields, for `sinks_analysis(model, texts, eps=0.5)`."""
     c = config or SinksConfig(**fields)

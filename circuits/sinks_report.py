@@ -50,7 +50,7 @@ def _section(result: SinksResult) -> dict[str, Any]:
 
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
-    return _section(sinks_analysis(model, context["texts"], progress=context.get("progress", True)))
+    return _section(sinks_analysis(model, context["texts"], progress=context.get("progress")))
 
 
 def sinks_command(

@@ -36,7 +36,7 @@ class AtlasConfig:
     max_tokens: int = 128        # each passage cut to this many tokens
     example_tokens: int = 32     # example texts of the head cards cut to this many tokens (<= 64)
     sections: tuple[str, ...] | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def check(self, available: list[str]) -> None:
         if self.n_texts < 1 or self.max_tokens < 2:

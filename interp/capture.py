@@ -31,6 +31,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from interp.errors import InputError
+from interp.progress import progress_bar
 
 QUERY_STATS = ("entropy", "max_prob", "sink_mass")
 HEAD_ACTIVATIONS = ("q", "k", "v", "rot_q", "rot_k", "z", "result", "v_norm", "z_norm", "result_norm", "pattern") + QUERY_STATS
@@ -128,7 +129,7 @@ def capture(
     max_pattern_tokens: int = 1024,
     out_dir: str | Path | None = None,
     store_dtype: torch.dtype = torch.float32,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Capture:
     """Run `model` over `prompts` and keep only `names` at `layers` × `heads` (all by default).
 
@@ -232,10 +233,8 @@ def _query_stat(name: str, pattern: torch.Tensor) -> torch.Tensor:
     return pattern[..., 0]
 
 
-def _batches(tokens: list[torch.Tensor], batch_tokens: int, progress: bool) -> Iterable[list[int]]:
+def _batches(tokens: list[torch.Tensor], batch_tokens: int, progress: bool | None) -> Iterable[list[int]]:
     """Prompt indices grouped by similar length so padded batches stay under `batch_tokens`."""
-    from tqdm.auto import tqdm
-
     order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
     batches, current = [], []
     for i in order:
@@ -244,7 +243,7 @@ def _batches(tokens: list[torch.Tensor], batch_tokens: int, progress: bool) -> I
             current = []
         current.append(i)
     batches.append(current)
-    return tqdm(batches, desc="capture", unit="batch", disable=not progress or len(batches) < 2)
+    return progress_bar(batches, "capture", progress, unit="batch")
 
 
 def _check_layers(model, layers) -> list[int]:

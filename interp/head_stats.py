@@ -18,7 +18,7 @@ SUMMARY = {
 }
 
 
-def head_summary(model: HookedTransformer, texts: Sequence[str], *, max_tokens: int = 128, progress: bool = True) -> HeadTable:
+def head_summary(model: HookedTransformer, texts: Sequence[str], *, max_tokens: int = 128, progress: bool | None = None) -> HeadTable:
     """One capture pass over `texts` (each cut to `max_tokens` tokens) → a HeadTable with the
     mean over all tokens of each statistic in `SUMMARY`."""
     tokens = [model.to_tokens(t)[0, :max_tokens] for t in texts]

@@ -22,7 +22,13 @@ from transformer_lens import HookedTransformer
 
 from interp.capture import tokenize_prompts
 from interp.head_table import HeadTable
-from interp.kernel_attention import LayerStats, kernel_attention, queries_per_key, unsupported_features
+from interp.kernel_attention import (
+    LayerStats,
+    kernel_attention,
+    queries_per_key,
+    unsupported_features,
+)
+from interp.progress import progress_bar
 
 PER_QUERY = ("entropy", "max_prob", "argmax", "sink_mass")
 
@@ -48,18 +54,16 @@ def stats_trace(
     backend: str = "auto",
     batch_tokens: int = 4096,
     out_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> StatsTrace:
     """Trace `prompts`; return per-prompt statistics and a HeadTable of per-head means:
     entropy, max_prob, sink_mass (means over queries and prompts), alpha_first (α of the first
     token, mean over prompts) and sink_rate (fraction of prompts with α_first > eps).
     alpha_first needs sink_tokens=1 (else it measures the first sink_tokens keys together)."""
-    from tqdm.auto import tqdm
-
     tokens = tokenize_prompts(model, prompts)
     per_prompt: list[dict[str, torch.Tensor]] = [{} for _ in tokens]
     groups = _equal_length_batches(tokens, batch_tokens)
-    for group in tqdm(groups, desc="stats trace", unit="batch", disable=not progress or len(groups) < 2):
+    for group in progress_bar(groups, "stats trace", progress, unit="batch"):
         batch = torch.stack([tokens[i] for i in group])
         for i, one in zip(group, _trace_batch(model, batch, sink_tokens, spans, received, backend)):
             if out_dir is not None:

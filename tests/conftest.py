@@ -29,6 +29,7 @@ import pytest  # noqa: E402
 _SESSION_CACHE = Path(os.environ.get("INTERP_TEST_CACHE") or tempfile.mkdtemp(prefix="interp-test-cache-"))
 os.environ["INTERP_CACHE"] = str(_SESSION_CACHE)  # notebooks and CLI subprocesses share it
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("INTERP_PROGRESS", "0")  # progress bars off in test logs (tests/test_progress.py tests the policy)
 
 
 class NetworkCalled(AssertionError):
