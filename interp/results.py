@@ -37,10 +37,18 @@ def frame_records(df: pd.DataFrame | None) -> list[dict[str, Any]] | None:
     return [{k: _plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
 
 
+def json_ready(value: Any) -> Any:
+    """Any analysis value as plain JSON: numpy / torch scalars and arrays as Python numbers and lists,
+    NaN and ±inf as null, tuples as lists, dict keys as text, other objects as text."""
+    return _plain(value)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays, torch tensors
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
@@ -59,6 +67,7 @@ class AnalysisResult:
     config: Any
 
     KIND: ClassVar[str] = "analysis"
+    VERSION: ClassVar[int] = 1  # the schema's version: bumped when a kind's JSON changes shape
 
     @property
     def model(self) -> str | None:
@@ -69,7 +78,7 @@ class AnalysisResult:
         return {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": f"interp.{self.KIND}/1", "model": self.model, "config": config_dict(self.config),
+        return {"schema": f"interp.{self.KIND}/{self.VERSION}", "model": self.model, "config": config_dict(self.config),
                 "heads": self.table.to_dict(), **self.extras()}
 
     def to_json(self, path: str | os.PathLike) -> None:
