@@ -425,9 +425,10 @@ def _eager_scores(model: HookedTransformer, batch: torch.Tensor, pairs: dict[str
     per_layer: dict[int, dict[str, torch.Tensor]] = {}
 
     def hook_for(layer: int):
-        def hook(pattern, hook):  # [batch, head, query, key]
+        def hook(pattern, hook):  # [batch, head, query, key], on this layer's device
+            here = _pairs_on(pairs, pattern.device)
             entries = lambda p: pattern[p.seq, :, p.query, p.key]  # [P, head]
-            per_layer[layer] = _layer_scores(entries, pairs, _eager_denominator(pattern, exclude_bos, exclude_current_token))
+            per_layer[layer] = _layer_scores(entries, here, _eager_denominator(pattern, exclude_bos, exclude_current_token))
         return hook
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", hook_for(l)) for l in range(model.cfg.n_layers)]
@@ -461,8 +462,9 @@ def _kernel_scores(model: HookedTransformer, batch: torch.Tensor, pairs: dict[st
         attn = model.blocks[layer].attn
         window = windows[layer]
         q, k = qk.pop((layer, "q")), qk.pop((layer, "k"))
+        here = _pairs_on(pairs, q.device)
         entries = lambda p: kernel_entries(q, k, stats.stats.lse, p, scale=1.0 / float(attn.attn_scale), window=window)
-        per_layer[layer] = _layer_scores(entries, pairs, _kernel_denominator(stats, entries, pairs, exclude_bos))
+        per_layer[layer] = _layer_scores(entries, here, _kernel_denominator(stats, entries, here, exclude_bos))
 
     names = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
     hooks = [(f"blocks.{l}.attn.{name}", keep(l, which)) for l in range(cfg.n_layers) for name, which in zip(names, "qk")]
@@ -500,5 +502,10 @@ def _stack_layers(per_layer: dict[int, dict[str, torch.Tensor]]) -> dict[str, to
     """{layer: {pattern: [batch, head]}} → {pattern: [layer, batch, head]}."""
     layers = sorted(per_layer)
     return {name: torch.stack([per_layer[l][name] for l in layers]) for name in per_layer[layers[0]]}
+
+
+def _pairs_on(pairs: dict[str, Pairs], device: torch.device) -> dict[str, Pairs]:
+    """`pairs` on `device` (a no-op unless the model is split across devices)."""
+    return {k: p if p.seq.device == device else p.to(device) for k, p in pairs.items()}
 
 

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from transformer_lens import HookedTransformer
 
+from interp.devices import device_of_layer
 from interp.errors import InputError
 from interp.progress import progress_bar
 
@@ -200,7 +201,7 @@ def _hooks_for_layer(model, layer, cap, batch, lengths, store, store_dtype) -> d
 def _deriver(model: HookedTransformer, layer: int, name: str, heads: list[int]) -> Callable:
     """Map a hook's activation [batch, pos, n_heads_or_kv, ...] to the named quantity for `heads`."""
     cfg = model.cfg
-    idx = torch.tensor(heads, device=cfg.device)
+    idx = torch.tensor(heads, device=device_of_layer(model, layer))  # a split model's layers live apart
     n_kv = cfg.n_key_value_heads or cfg.n_heads
     kv_idx = idx // (cfg.n_heads // n_kv)
     if name == "pattern":

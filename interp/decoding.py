@@ -187,7 +187,7 @@ def run_cached(model: HookedTransformer, tokens: torch.Tensor, cache: KVCache, *
                 offset = cache.length(0)
                 resid = resid + model.hook_pos_embed(model.pos_embed(tokens.to(cfg.device), offset))
         for block in model.blocks[start_at_layer:]:
-            resid = block(resid)
+            resid = block(resid.to(next(block.parameters()).device))  # a split model's blocks live apart
     resid = resid[:, -1:] if last_only else resid
     logits = model.unembed(model.ln_final(resid))
     return logits[:, 0] if last_only else logits
@@ -255,7 +255,7 @@ def decode_with_top1(
                 nxt = int(run_cached(model, current, cache).argmax(-1))
                 out.append(nxt)
                 if record:
-                    top1.append(torch.stack([rows[l][0] for l in range(cfg.n_layers)]))
+                    top1.append(torch.stack([rows[l][0].to(cfg.device) for l in range(cfg.n_layers)]))  # split: gather
                 if nxt in stops or bool(newline[nxt]):
                     break
                 current = torch.tensor([[nxt]], device=cfg.device)
