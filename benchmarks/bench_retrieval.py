@@ -1,6 +1,6 @@
 """Retrieval heads: wall time of the `interp retrieval` default run, phase by phase.
 
-Runs `circuits.retrieval_report.retrieval_analysis` with the command's defaults (needle tests at
+Runs `circuits.retrieval.retrieval_analysis` with the command's defaults (needle tests at
 1K, 2K, 4K and 8K tokens × depths 10/50/90 %, greedy decoding up to 50 tokens, retrieval scores,
 echo/induction, then masking with k = 5, 20 and 2 random draws on the 1K tests), and reports the
 seconds of each phase, the machine's load average, and the headline numbers.
@@ -32,8 +32,7 @@ def main() -> None:
     import torch
 
     import interp
-    from circuits.retrieval import accuracy_grid
-    from circuits.retrieval_report import retrieval_analysis
+    from circuits.retrieval import RetrievalConfig, retrieval_analysis
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,20 +42,21 @@ def main() -> None:
     t_load = time.perf_counter() - t0
     ks = [int(k) for k in args.mask_ks.split(",") if k.strip()]
     t1 = time.perf_counter()
-    a = retrieval_analysis(model, lengths=[int(x) for x in args.lengths.split(",")],
-                           depths=[float(x) for x in args.depths.split(",")], mask_ks=ks, mask_draws=args.mask_draws,
-                           progress=True)
+    config = RetrievalConfig(lengths=[int(x) for x in args.lengths.split(",")],
+                             depths=[float(x) for x in args.depths.split(",")], mask_ks=ks, mask_draws=args.mask_draws)
+    result = retrieval_analysis(model, config, progress=True)
     total = time.perf_counter() - t1
-    result, masking = a["result"], a["masking"]
+    masking, body = result.masking, result.to_dict()
     df = result.table.df
     out = {
         "model": args.model, "device": args.device, "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_before": load_before,
         "load_after": os.getloadavg(), "seconds_load": t_load, "seconds_total": total,
-        "seconds": result.params["seconds"], "n_tests": result.params["n_tests"], "n_counted": result.params["n_counted"],
+        "config": body["config"], "seconds": result.seconds, "n_tests": result.n_tests,
+        "n_counted": result.n_counted,
         "n_retrieval_heads": int(df["retrieval_head"].sum()), "share_zero": float((df["retrieval_score"] == 0).mean()),
         "top": df.sort_values("retrieval_score", ascending=False).head(8)[["label", "retrieval_score"]].to_dict("records"),
-        "recall_grid": {str(k): v for k, v in accuracy_grid(result.tests).to_dict(orient="index").items()},
+        "recall_grid": body["accuracy_grid"],
         "masking": None if masking is None else masking.drop(columns="heads").to_dict("records"),
     }
     text = json.dumps(out, indent=1, default=str)

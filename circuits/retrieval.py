@@ -20,6 +20,10 @@ TransformerLens' own attention, whose one-row pattern gives the top-1 key.
 
 Masking (Wu et al. §4): a head's attention is made uniform by zeroing its query (after QK-norm
 and rotary, at hook_rot_q), in prefill and decoding alike.
+
+`retrieval_analysis` (`RetrievalConfig` → `RetrievalResult`) runs it all, as the `interp retrieval`
+command and the atlas section do: needle tests, retrieval scores, RazorAttention's echo and
+induction columns, the accuracy grid and the masking experiment.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -51,11 +55,15 @@ from interp.decoding import (  # noqa: F401  (re-exported: circuits.retrieval.ru
 from interp.errors import InputError
 from interp.head_ids import HeadId
 from interp.head_table import HeadTable
+from interp.progress import progress_bar
+from interp.results import AnalysisResult, frame_records
 
 THRESHOLD = 0.1  # retrieval head: score above this (Wu et al.)
 RECALL_TO_COUNT = 0.5  # a test counts when ROUGE-1 recall of the answer exceeds this
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192)
-DEFAULT_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)  # needle_tests' default grid
+ANALYSIS_DEPTHS = (0.1, 0.5, 0.9)  # retrieval_analysis' (and the command's) default
+ATTENTIONS = ("sdpa", "kernels")
 PROMPT_FORMATS = ("chat", "plain")
 
 # Needles: (sentence, question, answer). The answer is the span scored (the authors' "real_needle").
@@ -99,15 +107,87 @@ class NeedleTest:
         return int(self.tokens.numel())
 
 
-@dataclass
-class RetrievalResult:
-    """`table`: HeadTable with retrieval_score (mean over counted tests), retrieval_head (score >
-    threshold) and hits (counted tests with any hit). `tests`: one row per test (length, depth,
-    needle, answer, recall, counted, n_tokens)."""
+# The head table's columns: units and sign (larger = more of the property, as everywhere).
+RETRIEVAL_COLUMNS = {
+    "retrieval_score": "Wu et al.'s score: per counted test, 1/|answer span| for every decoding step whose top-1 "
+                       "key lies in the span and holds the token generated; mean over counted tests (a share of "
+                       "the answer's tokens, usually 0-1; larger = the head copies more of the needle)",
+    "retrieval_head": "retrieval_score > threshold (bool)",
+    "hit_tests": "counted tests in which the head had at least one hit (count)",
+    "echo": "RazorAttention echo score: mean attention to the earlier occurrence of the current token, "
+            "on random tokens repeated twice (0-1)",
+    "induction": "RazorAttention induction score: mean attention to the token after that occurrence (0-1)",
+}
 
-    table: HeadTable
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Options of `retrieval_analysis` (and the `interp retrieval` command); sequences are stored as tuples.
+
+    Lengths above the context minus max_new_tokens are lowered to it when the tests are made
+    (8192 → 8142 on SmolLM2 with 50 new tokens); the result's `params["lengths"]` are those run."""
+
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS      # context lengths of the needle tests, tokens
+    depths: tuple[float, ...] = ANALYSIS_DEPTHS     # needle depths in [0, 1]
+    n_needles: int = 1                              # needles, each tested at every length and depth
+    seed: int = 0                                   # needle draw, haystack shuffle, random tokens, random heads
+    max_new_tokens: int = MAX_NEW_TOKENS            # greedy decoding steps at most
+    threshold: float = THRESHOLD                    # retrieval head: score above this
+    mask_ks: tuple[int, ...] = (5, 20)              # masking experiment: numbers of heads masked (() skips it)
+    mask_draws: int = 2                             # random draws of k non-retrieval heads per k
+    mask_length: int | None = None                  # context length of the masking tests (None: the shortest)
+    echo_segment: int | None = 128                  # random-token block for echo/induction (None: no such columns)
+    attention: str = "sdpa"                         # prefill attention: sdpa (torch fused) or kernels
+
+    def __post_init__(self) -> None:
+        for name in ("lengths", "depths", "mask_ks"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+@dataclass
+class RetrievalResult(AnalysisResult):
+    """`table`: one row per head, columns as `RETRIEVAL_COLUMNS` says (retrieval_score, retrieval_head,
+    hit_tests; echo and induction when config.echo_segment is set); `table.meta` says what ran
+    (n_tests, n_counted, the lengths and depths run). `tests`: one row per needle test (length,
+    n_tokens, depth, needle, answer, recall, counted, n_generated). `masking`: one row per masking
+    run (k, masked, draw, recall, pass_rate, heads), None when not run. `seconds`: wall time per phase."""
+
     tests: pd.DataFrame
-    params: dict[str, Any] = field(default_factory=dict)
+    masking: pd.DataFrame | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "retrieval"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What the run did (tests made and counted, lengths as run): the table's meta without its column docs."""
+        return {k: v for k, v in self.table.meta.items() if k != "columns"}
+
+    @property
+    def n_tests(self) -> int:
+        return int(self.table.meta["n_tests"])
+
+    @property
+    def n_counted(self) -> int:
+        """Tests whose answer recalls the needle (ROUGE-1 recall > 0.5): the ones the score averages."""
+        return int(self.table.meta["n_counted"])
+
+    @property
+    def retrieval_heads(self) -> list[str]:
+        """Labels of the heads scoring above the threshold, best first."""
+        df = self.table.df
+        return df[df["retrieval_head"]].sort_values("retrieval_score", ascending=False, kind="stable")["label"].tolist()
+
+    def accuracy_grid(self, value: str = "recall") -> pd.DataFrame:
+        """Mean of `value` per test by length (rows) × depth (columns), unmasked."""
+        return accuracy_grid(self.tests, value)
+
+    def extras(self) -> dict[str, Any]:
+        grid = self.accuracy_grid()
+        return {"params": self.params, "seconds": dict(self.seconds), "tests": frame_records(self.tests),
+                "accuracy_grid": {str(n): {str(d): None if pd.isna(v) else float(v) for d, v in row.items()}
+                                  for n, row in grid.iterrows()},
+                "masking": frame_records(self.masking)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,11 +359,13 @@ def retrieval_scores(
     max_new_tokens: int = MAX_NEW_TOKENS,
     threshold: float = THRESHOLD,
     attention: str = "sdpa",
-    progress: bool = False,
+    progress: bool | None = None,
     seed: int = 0,
 ) -> RetrievalResult:
     """Retrieval score of every head over needle `tests` (default: `needle_tests(model, seed=seed)`
-    with the lengths that fit the model's context). See the module docstring for the definition."""
+    with the lengths that fit the model's context). See the module docstring for the definition.
+    The result's config describes the tests (their lengths, depths and needles), without masking
+    or echo/induction columns: `retrieval_analysis` adds those."""
     cfg = model.cfg
     if tests is None:
         tests = needle_tests(model, [n for n in DEFAULT_LENGTHS if n + max_new_tokens <= cfg.n_ctx] or [cfg.n_ctx // 2],
@@ -291,7 +373,7 @@ def retrieval_scores(
     totals = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
     any_hit = torch.zeros_like(totals)
     rows = []
-    for test in _progress(tests, progress, "needle tests"):
+    for test in progress_bar(tests, "needle tests", progress, unit="test"):
         dec = decode_with_top1(model, test.tokens, max_new_tokens=max_new_tokens, attention=attention)
         recall = rouge1_recall(test.answer, dec.text)
         counted = recall > RECALL_TO_COUNT
@@ -304,23 +386,27 @@ def retrieval_scores(
     table_tests = pd.DataFrame(rows)
     n_counted = int(table_tests["counted"].sum())
     scores = totals / max(n_counted, 1)
+    lengths, depths = sorted({t.length for t in tests}), sorted({t.depth for t in tests})
     params = {"analysis": "retrieval", "n_tests": len(tests), "n_counted": n_counted, "threshold": threshold,
               "max_new_tokens": max_new_tokens, "recall_to_count": RECALL_TO_COUNT, "attention": attention,
-              "lengths": sorted({t.length for t in tests}), "depths": sorted({t.depth for t in tests})}
+              "lengths": lengths, "depths": depths, "columns": dict(RETRIEVAL_COLUMNS)}
     table = HeadTable.from_arrays({"retrieval_score": scores, "retrieval_head": (scores > threshold).float(),
                                    "hit_tests": any_hit}, model=cfg.model_name, meta=params)
     table.df["retrieval_head"] = table.df["retrieval_head"].astype(bool)
     table.df["hit_tests"] = table.df["hit_tests"].astype(int)
-    return RetrievalResult(table, table_tests, params)
+    config = RetrievalConfig(lengths=lengths, depths=depths, n_needles=len({t.needle for t in tests}), seed=seed,
+                             max_new_tokens=max_new_tokens, threshold=threshold, mask_ks=(), echo_segment=None,
+                             attention=attention)
+    return RetrievalResult(table, config, table_tests)
 
 
 def needle_accuracy(model: HookedTransformer, tests: Sequence[NeedleTest], *,
                     masked_heads: Sequence[tuple[int, int]] = (), max_new_tokens: int = MAX_NEW_TOKENS,
-                    attention: str = "sdpa", progress: bool = False) -> pd.DataFrame:
+                    attention: str = "sdpa", progress: bool | None = None) -> pd.DataFrame:
     """Answer every test (no top-1 recording) with `masked_heads` made uniform: one row per test
     with length, depth, answer, recall and passed (recall > 0.5)."""
     rows = []
-    for test in _progress(tests, progress, "needle accuracy"):
+    for test in progress_bar(tests, "needle accuracy", progress, unit="test"):
         dec = decode_with_top1(model, test.tokens, max_new_tokens=max_new_tokens, masked_heads=masked_heads,
                                record=False, attention=attention)
         recall = rouge1_recall(test.answer, dec.text)
@@ -344,7 +430,7 @@ def masking_experiment(
     seed: int = 0,
     max_new_tokens: int = MAX_NEW_TOKENS,
     attention: str = "sdpa",
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Needle accuracy with the top-k retrieval heads masked vs k random non-retrieval heads
     (`draws` random draws per k, seeded), plus the unmasked baseline (k = 0).
@@ -362,42 +448,128 @@ def masking_experiment(
         runs.append((k, "top retrieval", 0, ranked[:k]))
         runs += [(k, "random", d, rng.sample(pool, k)) for d in range(draws)]
     rows = []
-    for k, which, draw, heads in _progress(runs, progress, "masking"):
-        acc = needle_accuracy(model, tests, masked_heads=heads, max_new_tokens=max_new_tokens, attention=attention)
+    for k, which, draw, heads in progress_bar(runs, "masking", progress, unit="run"):
+        acc = needle_accuracy(model, tests, masked_heads=heads, max_new_tokens=max_new_tokens, attention=attention,
+                              progress=False)
         rows.append({"k": k, "masked": which, "draw": draw, "recall": acc["recall"].mean(),
                      "pass_rate": acc["passed"].mean(), "heads": ",".join(HeadId(l, h).label for l, h in heads)})
     return pd.DataFrame(rows)
 
 
-def echo_induction(model: HookedTransformer, *, segment: int = 128, batch: int = 4, seed: int = 0) -> pd.DataFrame:
+def echo_induction(model: HookedTransformer, *, segment: int = 128, batch: int = 4, seed: int = 0,
+                   progress: bool | None = None) -> pd.DataFrame:
     """RazorAttention's echo and induction scores per head (circuits.heads on `batch` sequences of
     `segment` random tokens repeated twice): columns layer, head, echo, induction."""
     from circuits.heads import head_type_scores, repeated_random_tokens
 
     seqs = repeated_random_tokens(model, segment, 2, batch=batch, seed=seed)
-    return head_type_scores(model, seqs, ("echo", "induction")).df[["layer", "head", "echo", "induction"]]
+    table = head_type_scores(model, seqs, ("echo", "induction"), progress=progress)
+    return table.df[["layer", "head", "echo", "induction"]]
 
 
-def _progress(items: Sequence, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
+# ---------------------------------------------------------------------------------------------
+# the analysis: needle tests, scores, echo/induction, masking, as one typed result
 
-    return tqdm(items, desc=desc, disable=not enabled)
+
+def check_retrieval_args(facts, config: RetrievalConfig) -> None:
+    """Every option of a retrieval run against the model's facts (`interp.model_facts.ModelFacts`:
+    context, heads), before any work. Lengths up to the context are accepted (those above
+    context - max_new_tokens are lowered to it); longer ones are refused."""
+    c = config
+    if not c.lengths or not c.depths:
+        raise InputError("give at least one --lengths value and one --depths value")
+    if min(c.lengths) < 1:
+        raise InputError(f"--lengths {min(c.lengths)} must be a positive number of tokens")
+    if facts.n_ctx is not None and max(c.lengths) > facts.n_ctx:
+        raise InputError(f"--lengths {max(c.lengths)} exceeds the context of {facts.name} ({facts.n_ctx} tokens); "
+                         f"use lengths up to {facts.n_ctx - c.max_new_tokens} (the answer's {c.max_new_tokens} tokens "
+                         "must fit too)")
+    if facts.n_ctx is not None and c.max_new_tokens >= facts.n_ctx // 2:
+        raise InputError(f"--max-new-tokens {c.max_new_tokens} leaves no room for a haystack in the context of "
+                         f"{facts.name} ({facts.n_ctx} tokens)")
+    if any(not 0.0 <= float(d) <= 1.0 for d in c.depths):
+        raise InputError(f"--depths must lie in [0, 1]; got {list(c.depths)}")
+    if c.n_needles < 1 or c.mask_draws < 1:
+        raise InputError("--needles and --mask-draws must be at least 1")
+    if c.attention not in ATTENTIONS:
+        raise InputError(f"--attention {c.attention!r} is not sdpa or kernels")
+    if c.echo_segment is not None and c.echo_segment < 2:
+        raise InputError(f"echo_segment {c.echo_segment} must be at least 2 tokens (or None for no echo columns)")
+    if c.mask_ks:
+        _check_masking(facts, c)
+
+
+def _check_masking(facts, c: RetrievalConfig) -> None:
+    total = facts.n_head_total
+    if min(c.mask_ks) < 1 or (total is not None and 2 * max(c.mask_ks) > total):
+        raise InputError(f"--mask-ks {','.join(map(str, c.mask_ks))}: each k must lie in 1..{(total or 2) // 2} "
+                         f"(k random heads are drawn from outside the top {max(c.mask_ks)} of {total})")
+    room = None if facts.n_ctx is None else facts.n_ctx - c.max_new_tokens
+    if c.mask_length is not None and c.mask_length not in _run_lengths(c.lengths, room):
+        raise InputError(f"--mask-length {c.mask_length} is not one of the lengths {_run_lengths(c.lengths, room)}")
+
+
+def _run_lengths(lengths: Sequence[int], room: int | None) -> list[int]:
+    """The lengths a run makes tests of: each lowered to `room` (context minus new tokens) when set."""
+    return sorted({int(n) if room is None else min(int(n), room) for n in lengths})
+
+
+def retrieval_analysis(model: HookedTransformer, config: RetrievalConfig | None = None, *,
+                       progress: bool | None = None, **fields: Any) -> RetrievalResult:
+    """Needle tests → retrieval scores (+ RazorAttention echo/induction columns), the unmasked
+    accuracy grid, and the masking experiment on the tests of `mask_length` (default: the
+    shortest length; no masking when mask_ks is empty). `fields` are RetrievalConfig fields, for
+    `retrieval_analysis(model, lengths=(1024,), mask_ks=())`."""
+    import time
+
+    from interp.model_facts import ModelFacts
+
+    if config is not None and fields:
+        raise InputError(f"give a RetrievalConfig or its fields, not both (got {', '.join(sorted(fields))})")
+    c = config or RetrievalConfig(**fields)
+    check_retrieval_args(ModelFacts.of(model), c)
+    t0 = time.perf_counter()
+    lengths = _run_lengths(c.lengths, model.cfg.n_ctx - c.max_new_tokens)  # the answer must fit in the context too
+    tests = needle_tests(model, lengths, c.depths, n_needles=c.n_needles, seed=c.seed)
+    scored = retrieval_scores(model, tests, max_new_tokens=c.max_new_tokens, threshold=c.threshold,
+                              attention=c.attention, progress=progress, seed=c.seed)
+    seconds = {"retrieval_scores": time.perf_counter() - t0}
+    table = scored.table
+    if c.echo_segment is not None:
+        t1 = time.perf_counter()
+        razor = echo_induction(model, segment=c.echo_segment, seed=c.seed, progress=progress)
+        for col in ("echo", "induction"):
+            table.df[col] = razor[col].to_numpy()
+        seconds["echo_induction"] = time.perf_counter() - t1
+    masking = None
+    if c.mask_ks:
+        t1 = time.perf_counter()
+        length = min(lengths) if c.mask_length is None else c.mask_length
+        masking = masking_experiment(model, [t for t in tests if t.length == length], table, ks=c.mask_ks,
+                                     draws=c.mask_draws, seed=c.seed, max_new_tokens=c.max_new_tokens,
+                                     attention=c.attention, progress=progress)
+        seconds["masking"] = time.perf_counter() - t1
+    return RetrievalResult(table, c, scored.tests, masking, seconds)
 
 
 __all__ = [
+    "RETRIEVAL_COLUMNS",
     "Decoded",
     "KVCache",
     "NeedleTest",
+    "RetrievalConfig",
     "RetrievalResult",
     "accuracy_grid",
     "cached_attention",
     "chat_prompt",
+    "check_retrieval_args",
     "decode_with_top1",
     "echo_induction",
     "masking_experiment",
     "needle_accuracy",
     "needle_tests",
     "new_cache",
+    "retrieval_analysis",
     "retrieval_scores",
     "rouge1_recall",
     "run_cached",

@@ -1,4 +1,5 @@
-"""Retrieval heads for people: the `interp retrieval` command and the atlas section."""
+"""Retrieval heads for people: the `interp retrieval` command and the atlas section, rendering
+`circuits.retrieval.retrieval_analysis`."""
 from __future__ import annotations
 
 import html
@@ -8,110 +9,33 @@ from typing import Any
 import typer
 
 from circuits.retrieval import (
+    ANALYSIS_DEPTHS,
     DEFAULT_LENGTHS,
     MAX_NEW_TOKENS,
     THRESHOLD,
-    accuracy_grid,
-    echo_induction,
-    masking_experiment,
-    needle_tests,
-    retrieval_scores,
+    RetrievalConfig,
+    RetrievalResult,
+    check_retrieval_args,
+    retrieval_analysis,
 )
 from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, emit, load_cli_model
 from interp.errors import InputError
 
-DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
 
-
-def retrieval_analysis(model, *, lengths=DEFAULT_LENGTHS, depths=DEFAULT_DEPTHS, n_needles: int = 1, seed: int = 0,
-                       max_new_tokens: int = MAX_NEW_TOKENS, threshold: float = THRESHOLD, mask_ks=(5, 20),
-                       mask_draws: int = 2, mask_length: int | None = None, echo_segment: int = 128,
-                       attention: str = "sdpa", progress: bool = True) -> dict[str, Any]:
-    """Needle tests → retrieval scores (+ RazorAttention echo/induction columns), the baseline
-    accuracy grid, and the masking experiment on the tests of `mask_length` (default: the shortest
-    length; no masking when mask_ks is empty). Lengths above the context minus max_new_tokens are
-    lowered to it (8192 → 8142 on SmolLM2 with 50 new tokens)."""
-    import time
-
-    t0 = time.perf_counter()
-    check_retrieval_args(_facts(model), lengths=lengths, depths=depths, n_needles=n_needles, mask_ks=mask_ks,
-                         mask_draws=mask_draws, mask_length=mask_length, attention=attention,
-                         max_new_tokens=max_new_tokens)
-    room = model.cfg.n_ctx - max_new_tokens  # the answer must fit in the context too
-    lengths = sorted({min(int(n), room) for n in lengths})
-    tests = needle_tests(model, lengths, depths, n_needles=n_needles, seed=seed)
-    result = retrieval_scores(model, tests, max_new_tokens=max_new_tokens, threshold=threshold, attention=attention,
-                              progress=progress)
-    seconds = {"retrieval_scores": time.perf_counter() - t0}
-    razor = echo_induction(model, segment=echo_segment, seed=seed)
-    for col in ("echo", "induction"):
-        result.table.df[col] = razor[col].to_numpy()
-    masking = None
-    if mask_ks:
-        t1 = time.perf_counter()
-        length = min(lengths) if mask_length is None else mask_length
-        subset = [t for t in tests if t.length == length]
-        masking = masking_experiment(model, subset, result.table, ks=mask_ks, draws=mask_draws, seed=seed,
-                                     max_new_tokens=max_new_tokens, attention=attention, progress=progress)
-        seconds["masking"] = time.perf_counter() - t1
-    result.params.update(seconds=seconds, n_needles=n_needles, seed=seed, echo_segment=echo_segment,
-                         mask_ks=list(mask_ks), mask_draws=mask_draws)
-    return {"result": result, "masking": masking}
-
-
-def _facts(model):
-    from interp.model_facts import ModelFacts
-
-    return ModelFacts.of(model)
-
-
-def check_retrieval_args(facts, *, lengths, depths, n_needles, mask_ks, mask_draws, mask_length, attention,
-                         max_new_tokens) -> None:
-    """Every argument of a retrieval run against the model's facts (context, heads), before any work.
-    Lengths up to the context are accepted (those above context - max_new_tokens are lowered to it);
-    longer ones are refused."""
-    if not lengths or not depths:
-        raise InputError("give at least one --lengths value and one --depths value")
-    if min(lengths) < 1:
-        raise InputError(f"--lengths {min(lengths)} must be a positive number of tokens")
-    if facts.n_ctx is not None and max(lengths) > facts.n_ctx:
-        raise InputError(f"--lengths {max(lengths)} exceeds the context of {facts.name} ({facts.n_ctx} tokens); "
-                         f"use lengths up to {facts.n_ctx - max_new_tokens} (the answer's {max_new_tokens} tokens "
-                         "must fit too)")
-    if facts.n_ctx is not None and max_new_tokens >= facts.n_ctx // 2:
-        raise InputError(f"--max-new-tokens {max_new_tokens} leaves no room for a haystack in the context of "
-                         f"{facts.name} ({facts.n_ctx} tokens)")
-    if any(not 0.0 <= float(d) <= 1.0 for d in depths):
-        raise InputError(f"--depths must lie in [0, 1]; got {list(depths)}")
-    if n_needles < 1 or mask_draws < 1:
-        raise InputError("--needles and --mask-draws must be at least 1")
-    if attention not in ("sdpa", "kernels"):
-        raise InputError(f"--attention {attention!r} is not sdpa or kernels")
-    if mask_ks:
-        total = facts.n_head_total
-        if min(mask_ks) < 1 or (total is not None and 2 * max(mask_ks) > total):
-            raise InputError(f"--mask-ks {','.join(map(str, mask_ks))}: each k must lie in 1..{(total or 2) // 2} "
-                             f"(k random heads are drawn from outside the top {max(mask_ks)} of {total})")
-        room = None if facts.n_ctx is None else facts.n_ctx - max_new_tokens
-        lowered = {min(int(n), room) if room is not None else int(n) for n in lengths}
-        if mask_length is not None and mask_length not in lowered:
-            raise InputError(f"--mask-length {mask_length} is not one of the lengths {sorted(lowered)}")
-
-
-def _figures(analysis: dict[str, Any]) -> list:
+def _figures(result: RetrievalResult) -> list:
     import plotly.express as px
 
-    result, masking = analysis["result"], analysis["masking"]
-    table = result.table
+    table, masking = result.table, result.masking
     figures = [table.heatmap("retrieval_score", title=f"retrieval score (Wu et al.) — {table.model}")]
-    grid = accuracy_grid(result.tests)
+    grid = result.accuracy_grid()
     figures.append(px.imshow(grid.values, x=[f"{d:.0%}" for d in grid.columns], y=[str(n) for n in grid.index],
                              zmin=0, zmax=1, color_continuous_scale="Viridis", text_auto=".2f",
                              labels={"x": "needle depth", "y": "context length (tokens)", "color": "ROUGE-1 recall"},
                              title="needle accuracy (unmasked): ROUGE-1 recall of the answer"))
-    df = table.df.assign(kind=lambda d: d["retrieval_head"].map({True: "retrieval head", False: "other"}))
-    figures.append(px.scatter(df, x="induction", y="retrieval_score", color="kind", hover_name="label",
-                              hover_data=["echo"], title="retrieval score vs RazorAttention induction score"))
+    if "induction" in table.df:
+        df = table.df.assign(kind=lambda d: d["retrieval_head"].map({True: "retrieval head", False: "other"}))
+        figures.append(px.scatter(df, x="induction", y="retrieval_score", color="kind", hover_name="label",
+                                  hover_data=["echo"], title="retrieval score vs RazorAttention induction score"))
     if masking is not None:
         m = masking[masking["k"] > 0].groupby(["k", "masked"], as_index=False)["recall"].mean()
         base = float(masking.loc[masking["k"] == 0, "recall"].iloc[0])
@@ -122,9 +46,8 @@ def _figures(analysis: dict[str, Any]) -> list:
     return figures
 
 
-def _summary(analysis: dict[str, Any]) -> str:
-    result, masking = analysis["result"], analysis["masking"]
-    p, df = result.params, result.table.df
+def _summary(result: RetrievalResult) -> str:
+    p, df, masking = result.params, result.table.df, result.masking
     n_ret = int(df["retrieval_head"].sum())
     zero = float((df["retrieval_score"] == 0).mean())
     top = df.sort_values("retrieval_score", ascending=False).head(5)
@@ -151,37 +74,30 @@ def _summary(analysis: dict[str, Any]) -> str:
     return text
 
 
-def _tables(analysis: dict[str, Any]) -> list:
-    result, masking = analysis["result"], analysis["masking"]
-    cols = ["label", "retrieval_score", "hit_tests", "echo", "induction"]
+def _tables(result: RetrievalResult) -> list:
+    cols = [c for c in ("label", "retrieval_score", "hit_tests", "echo", "induction") if c in result.table.df]
     tables = [("top 15 heads by retrieval score", result.table.top("retrieval_score", 15).df[cols]),
-              ("needle recall by length (rows) × depth (columns)", accuracy_grid(result.tests).round(3).reset_index()),
+              ("needle recall by length (rows) × depth (columns)", result.accuracy_grid().round(3).reset_index()),
               ("every test", result.tests)]
-    if masking is not None:
-        tables.append(("masking runs", masking))
+    if result.masking is not None:
+        tables.append(("masking runs", result.masking))
     return tables
 
 
-def _json(analysis: dict[str, Any]) -> dict[str, Any]:
-    result, masking = analysis["result"], analysis["masking"]
-    return {"params": result.params, "heads": result.table.to_dict(), "tests": result.tests.to_dict(orient="records"),
-            "accuracy_grid": {str(k): v for k, v in accuracy_grid(result.tests).to_dict(orient="index").items()},
-            "masking": None if masking is None else masking.to_dict(orient="records")}
-
-
-def _section(analysis: dict[str, Any]) -> dict[str, Any]:
-    return {"title": "Retrieval heads (needle in a haystack)", "text": _summary(analysis),
-            "figures": _figures(analysis), "tables": _tables(analysis), "json": _json(analysis)}
+def _section(result: RetrievalResult) -> dict[str, Any]:
+    body = result.to_dict()
+    del body["schema"], body["model"]
+    return {"title": "Retrieval heads (needle in a haystack)", "text": _summary(result),
+            "figures": _figures(result), "tables": _tables(result), "json": body}
 
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
     """Cheap: one 384-token needle test at depth 50 %, up to 20 new tokens, no masking; the full run
     is `interp retrieval`."""
     length = min(384, model.cfg.n_ctx - 32)
-    analysis = retrieval_analysis(model, lengths=(length,), depths=(0.5,), seed=int(context.get("seed", 0)),
-                                  max_new_tokens=20, mask_ks=(), echo_segment=48,
-                                  progress=bool(context.get("progress", False)))
-    part = _section(analysis)
+    config = RetrievalConfig(lengths=(length,), depths=(0.5,), seed=int(context.get("seed", 0)), max_new_tokens=20,
+                             mask_ks=(), echo_segment=48)
+    part = _section(retrieval_analysis(model, config, progress=context.get("progress")))
     part["text"] += ("<p>Atlas setting (kept cheap): one short context; run <code>interp retrieval</code> for 1K–8K "
                      "tokens and the masking experiment.</p>")
     return part
@@ -204,7 +120,7 @@ def _floats(text: str, what: str) -> list[float]:
 def retrieval_command(
     model: str = MODEL, out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: str | None = DEVICE,
     lengths: str = typer.Option(",".join(map(str, DEFAULT_LENGTHS)), help="context lengths in tokens, comma-separated"),
-    depths: str = typer.Option(",".join(map(str, DEFAULT_DEPTHS)), help="needle depths in [0, 1], comma-separated"),
+    depths: str = typer.Option(",".join(map(str, ANALYSIS_DEPTHS)), help="needle depths in [0, 1], comma-separated"),
     needles: int = typer.Option(1, min=1, help="needles (each tested at every length and depth)"),
     max_new_tokens: int = typer.Option(MAX_NEW_TOKENS, min=1, help="greedy decoding steps at most"),
     threshold: float = typer.Option(THRESHOLD, min=0.0, help="retrieval head: score above this"),
@@ -217,24 +133,22 @@ def retrieval_command(
     from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
-    lengths_list, depths_list, ks = _ints(lengths, "lengths"), _floats(depths, "depths"), _ints(mask_ks, "mask-ks")
-    check_retrieval_args(check_model(model, device), lengths=lengths_list, depths=depths_list, n_needles=needles,
-                         mask_ks=ks, mask_draws=mask_draws, mask_length=mask_length, attention=attention,
-                         max_new_tokens=max_new_tokens)
+    config = RetrievalConfig(lengths=_ints(lengths, "lengths"), depths=_floats(depths, "depths"), n_needles=needles,
+                             seed=seed, max_new_tokens=max_new_tokens, threshold=threshold,
+                             mask_ks=_ints(mask_ks, "mask-ks"), mask_draws=mask_draws, mask_length=mask_length,
+                             attention=attention)
+    check_retrieval_args(check_model(model, device), config)
     check_out(out)
     net = load_cli_model(model, device)
-    analysis = retrieval_analysis(net, lengths=lengths_list, depths=depths_list, n_needles=needles, seed=seed,
-                                  max_new_tokens=max_new_tokens, threshold=threshold, mask_ks=ks,
-                                  mask_draws=mask_draws, mask_length=mask_length, attention=attention)
-    part = _section(analysis)
-    result = analysis["result"]
+    result = retrieval_analysis(net, config)
+    part = _section(result)
     with staged_output(out) as stage:
         write_analysis(stage, "retrieval", net.cfg.model_name, part["json"], f"Retrieval heads: {net.cfg.model_name}", part)
         result.table.to_csv(stage / "retrieval_heads.csv")
         result.tests.to_csv(stage / "needle_tests.csv", index=False)
     n_ret = int(result.table.df["retrieval_head"].sum())
     emit(as_json, {"schema": "interp.retrieval/1", "model": net.cfg.model_name, **part["json"]},
-         f"{net.cfg.model_name}: {n_ret} retrieval heads from {result.params['n_counted']}/{result.params['n_tests']} "
+         f"{net.cfg.model_name}: {n_ret} retrieval heads from {result.n_counted}/{result.n_tests} "
          f"answered tests; wrote {out}/retrieval.html, retrieval.json")
 
 

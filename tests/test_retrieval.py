@@ -253,3 +253,95 @@ def test_masking_experiment_masks_the_right_heads_and_scores_their_answers(worde
         assert row.pass_rate == pytest.approx(sum(r > 0.5 for r in recalls) / len(recalls), abs=1e-12)
     assert runs.loc[0, "recall"] == 1.0  # unmasked, the answers are what the model says
     assert (runs["recall"] < 1.0).any()  # and masking changes some answer
+
+
+# ---------------------------------------------------------------------------------------------
+# one result shape: RetrievalConfig -> RetrievalResult, recorded whole in its JSON
+
+def _strict_json(text):
+    """json.loads that refuses NaN and Infinity (what allow_nan=False writers never emit)."""
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"{name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_retrieval_scores_result_round_trips_through_strict_json(worded, tmp_path):
+    from interp.head_table import HeadTable
+
+    prompts = random_prompts([12, 15], seed=21)
+    tests = [_needle(p, " ".join(f"w{t}" for t in _greedy_reference(worded, p, 4))) for p in prompts]
+    result = R.retrieval_scores(worded, tests, max_new_tokens=4, seed=3)
+    assert isinstance(result, R.RetrievalResult) and result.KIND == "retrieval"
+    result.to_json(tmp_path / "r.json")
+    body = _strict_json((tmp_path / "r.json").read_text())
+    assert body["schema"] == "interp.retrieval/1" and body["model"] == worded.cfg.model_name
+    # the config says how the tests were made: their lengths, depths and needles, no masking, no echo columns
+    assert body["config"] == {"lengths": [12, 15], "depths": [0.5], "n_needles": 1, "seed": 3, "max_new_tokens": 4,
+                              "threshold": 0.1, "mask_ks": [], "mask_draws": 2, "mask_length": None,
+                              "echo_segment": None, "attention": "sdpa"}
+    table = HeadTable.from_dict(body["heads"])
+    assert len(table) == 3 * 4 and table.metrics == ["retrieval_score", "retrieval_head", "hit_tests"]
+    assert set(table.metrics) <= set(body["heads"]["meta"]["columns"])
+    assert [r["recall"] for r in body["tests"]] == [1.0, 1.0]  # the answers are what the model says
+    assert body["accuracy_grid"] == {"12": {"0.5": 1.0}, "15": {"0.5": 1.0}} and body["masking"] is None
+    assert body["params"]["n_tests"] == 2 and body["params"]["n_counted"] == 2
+    assert "RetrievalResult" in result._repr_html_() and "retrieval_score" in result._repr_html_()
+
+
+def test_retrieval_analysis_takes_a_config_or_its_fields_not_both(worded):
+    with pytest.raises(InputError, match="not both"):
+        R.retrieval_analysis(worded, R.RetrievalConfig(), lengths=(64,))
+    with pytest.raises(InputError, match="--depths must lie in"):
+        R.retrieval_analysis(worded, lengths=(64,), depths=(1.5,), max_new_tokens=8)
+
+
+@pytest.mark.slow
+def test_retrieval_analysis_is_one_typed_result_that_records_its_config(smollm2, tmp_path):
+    """The analysis composes its parts: scores on the seeded needle tests, echo/induction columns from
+    circuits.heads on the seeded repeated blocks, masking of the table's own top heads; all of it in one JSON."""
+    import numpy as np
+
+    from circuits.heads import head_type_scores, repeated_random_tokens
+    from interp.head_table import HeadTable
+
+    result = R.retrieval_analysis(smollm2, lengths=(256,), depths=(0.5,), max_new_tokens=12, mask_ks=(2,),
+                                  mask_draws=1, echo_segment=16, progress=False)
+    assert result.config == R.RetrievalConfig(lengths=(256,), depths=(0.5,), max_new_tokens=12, mask_ks=(2,),
+                                              mask_draws=1, echo_segment=16)
+    table = result.table
+    assert len(table) == 30 * 9 and table.metrics == ["retrieval_score", "retrieval_head", "hit_tests", "echo",
+                                                      "induction"]
+    assert set(table.metrics) <= set(table.meta["columns"])
+    alone = R.retrieval_scores(smollm2, R.needle_tests(smollm2, [256], [0.5], seed=0), max_new_tokens=12)
+    assert np.array_equal(table["retrieval_score"], alone.table["retrieval_score"])
+    blocks = repeated_random_tokens(smollm2, 16, 2, batch=4, seed=0)
+    razor = head_type_scores(smollm2, blocks, ("echo", "induction"), progress=False)
+    assert np.allclose(table["induction"], razor["induction"], atol=1e-12)
+    top2 = table.df.sort_values("retrieval_score", ascending=False, kind="stable")["label"].tolist()[:2]
+    assert result.masking["heads"].tolist()[1].split(",") == top2 and len(result.masking) == 3
+    result.to_json(tmp_path / "retrieval.json")
+    body = _strict_json((tmp_path / "retrieval.json").read_text())
+    assert body["config"]["lengths"] == [256] and body["config"]["mask_ks"] == [2] and body["config"]["echo_segment"] == 16
+    assert HeadTable.from_dict(body["heads"]).df.equals(table.df)
+    assert body["accuracy_grid"] == {"256": {"0.5": float(result.tests["recall"].iloc[0])}}
+    assert [r["k"] for r in body["masking"]] == [0, 2, 2] and set(body["seconds"]) == {"retrieval_scores",
+                                                                                      "echo_induction", "masking"}
+
+
+@pytest.mark.slow
+def test_retrieval_command_json_carries_the_config(smollm2, tmp_path):
+    from tests.test_cli import run
+
+    out = tmp_path / "r"
+    proc = run("retrieval", "--out", str(out), "--lengths", "256", "--depths", "0.5", "--mask-ks", "",
+               "--max-new-tokens", "8", "--seed", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    printed, written = _strict_json(proc.stdout), _strict_json((out / "retrieval.json").read_text())
+    expected = {"lengths": [256], "depths": [0.5], "n_needles": 1, "seed": 2, "max_new_tokens": 8, "threshold": 0.1,
+                "mask_ks": [], "mask_draws": 2, "mask_length": None, "echo_segment": 128, "attention": "sdpa"}
+    for doc in (printed, written):
+        assert doc["schema"] == "interp.retrieval/1" and doc["config"] == expected
+        assert len(doc["heads"]["rows"]) == 270 and doc["masking"] is None
