@@ -12,13 +12,14 @@ import pandas as pd
 import torch
 
 from interp.head_ids import HeadId
+from interp.progress import progress_bar
 from saes.attribution import head_attribution
 from saes.evaluate import feature_acts
 
 
 @torch.no_grad()
 def activation_stats(model, sae, tokens: torch.Tensor, *, layer: int, batch_size: int = 8, top: int = 8,
-                     window: int = 12, features: list[int] | None = None) -> dict[str, Any]:
+                     window: int = 12, features: list[int] | None = None, progress: bool | None = None) -> dict[str, Any]:
     """One pass over `tokens` [n, seq]: per-feature firing frequency, max activation and, for `features`
     (default: all), the `top` highest activations with their context (`window` tokens before, 2 after)."""
     name = f"blocks.{layer}.attn.hook_z"
@@ -29,7 +30,7 @@ def activation_stats(model, sae, tokens: torch.Tensor, *, layer: int, batch_size
     best_val = torch.full((len(feats), top), -1.0)
     best_idx = torch.zeros((len(feats), top), dtype=torch.long)  # flat index into tokens
     seq = tokens.shape[1]
-    for start in range(0, tokens.shape[0], batch_size):
+    for start in progress_bar(range(0, tokens.shape[0], batch_size), "SAE activations", progress, unit="batch"):
         batch = tokens[start:start + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(batch, names_filter=[name], stop_at_layer=layer + 1)
         acts = feature_acts(sae, cache[name]).float().cpu().flatten(0, 1)   # [b*seq, d_sae]

@@ -11,16 +11,26 @@
 - "dark matter" (Engels et al. 2024): `dark_matter_r2`, the share of the SAE error's variance that a least
   squares map from the input predicts on tokens not used to fit it, and `error_norm_r2` for the error's norm;
   `error_norm` (mean |x - x_hat|) and `relative_error_norm` (mean |x - x_hat| / mean |x|).
+
+`sae_eval_analysis` (`SAEEvalConfig` -> `SAEEvalResult`): those metrics on an SAE's held-out contexts
+(`held_out_set`: exactly the ids its training.json recorded) with a per-head table of its layer
+(decoder-norm shares and the polysemanticity estimate of saes.attribution), as `interp sae eval` and
+the atlas section run it.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from interp.errors import InputError
+from interp.head_table import HeadTable
+from interp.progress import progress_bar
+from interp.results import AnalysisResult, json_ready
 
 
 def load_sae(path: str | Path, device: str | None = "cpu"):
@@ -120,18 +130,26 @@ def reconstruct(sae, z: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_sae(model, sae, tokens: torch.Tensor, *, layer: int | None = None, batch_size: int = 8,
                  dense_threshold: float = 0.1, fit_fraction: float = 0.5, seed: int = 0,
-                 frequency_tokens: torch.Tensor | None = None) -> dict[str, Any]:
+                 frequency_tokens: torch.Tensor | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Metrics of `sae` on held-out `tokens` [n, seq] (int64), as described in the module docstring.
 
     frequency_tokens: more held-out contexts [m, seq'] on which only firing frequencies are counted (the model
     runs up to `layer`), for dead/dense features."""
+    return _evaluate(model, sae, tokens, layer=layer, batch_size=batch_size, dense_threshold=dense_threshold,
+                     fit_fraction=fit_fraction, seed=seed, frequency_tokens=frequency_tokens, progress=progress)[0]
+
+
+def _evaluate(model, sae, tokens: torch.Tensor, *, layer: int | None, batch_size: int, dense_threshold: float,
+              fit_fraction: float, seed: int, frequency_tokens: torch.Tensor | None,
+              progress: bool | None) -> tuple[dict[str, Any], torch.Tensor]:
+    """`evaluate_sae`'s metrics and the firing counts behind its dead / dense features (LongTensor [d_sae])."""
     layer = check_fits(model, sae, layer)
     z_name, resid_name = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_resid_pre"
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0, "l0": 0.0}
     xs, errs = [], []
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     n_pred = 0
-    for start in range(0, tokens.shape[0], batch_size):
+    for start in progress_bar(range(0, tokens.shape[0], batch_size), "SAE evaluation", progress, unit="batch"):
         batch = tokens[start:start + batch_size].to(model.cfg.device)
         logits, cache = model.run_with_cache(batch, names_filter=[z_name, resid_name])
         z, resid = cache[z_name], cache[resid_name]
@@ -168,7 +186,7 @@ def evaluate_sae(model, sae, tokens: torch.Tensor, *, layer: int | None = None, 
     metrics["kl_div_score"] = _score(metrics["kl_div_with_ablation"], metrics["kl_div_with_sae"], 0.0)
     n_freq = n_tok
     if frequency_tokens is not None and frequency_tokens.numel():
-        fired += firing_counts(model, sae, frequency_tokens, layer=layer, batch_size=batch_size)
+        fired += firing_counts(model, sae, frequency_tokens, layer=layer, batch_size=batch_size, progress=progress)
         n_freq += int(frequency_tokens.numel())
     freq = fired.double() / n_freq
     metrics.update({
@@ -179,15 +197,16 @@ def evaluate_sae(model, sae, tokens: torch.Tensor, *, layer: int | None = None, 
         "relative_error_norm": float(err.norm(dim=-1).mean() / x.norm(dim=-1).mean()),
         **dark_matter(x, err, fit_fraction=fit_fraction, seed=seed),
     })
-    return metrics
+    return metrics, fired
 
 
 @torch.no_grad()
-def firing_counts(model, sae, tokens: torch.Tensor, *, layer: int, batch_size: int = 8) -> torch.Tensor:
+def firing_counts(model, sae, tokens: torch.Tensor, *, layer: int, batch_size: int = 8,
+                  progress: bool | None = None) -> torch.Tensor:
     """On how many of `tokens` [n, seq] each latent is active: LongTensor [d_sae]. The model runs up to `layer`."""
     z_name = f"blocks.{layer}.attn.hook_z"
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-    for start in range(0, tokens.shape[0], batch_size):
+    for start in progress_bar(range(0, tokens.shape[0], batch_size), "SAE firing counts", progress, unit="batch"):
         batch = tokens[start:start + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(batch, names_filter=[z_name], stop_at_layer=layer + 1)
         fired += (feature_acts(sae, cache[z_name]) != 0).flatten(0, -2).sum(0).cpu()
@@ -230,3 +249,162 @@ def dark_matter(x: torch.Tensor, err: torch.Tensor, *, fit_fraction: float = 0.5
         results[name] = float(1 - resid.pow(2).sum() / total)
     results["dark_matter_tokens"] = n
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the held-out contexts an SAE may be evaluated on
+
+
+def training_data(sae_path: Path) -> dict | None:
+    """The `data` record of an SAE's training.json (corpus, seed, held-out fraction and context ids), or None
+    for an SAE trained elsewhere or before it was recorded."""
+    import json
+
+    path = Path(sae_path) / "training.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("data")
+    except json.JSONDecodeError:
+        raise InputError(f"{path} is not valid JSON; retrain the SAE or remove the file") from None
+
+
+def held_out_set(model, sae_path: Path, *, corpus: str | None, seed: int | None, context_size: int | None):
+    """The contexts an SAE may be evaluated on, with a description: (tokens [n, ctx], ids or None, note).
+
+    With a training.json: its corpus's held-out contexts, exactly the ids it recorded (a --seed other than the
+    training seed is refused; a --corpus other than the training corpus is used whole, none of it was trained
+    on). Without one: the corpus split rebuilt from --seed (default 0), as `interp sae train` would make it."""
+    from saes.corpus import split_ids, token_contexts
+    from saes.train import contexts_fingerprint
+
+    data = training_data(sae_path)
+    if data is None or "held_out_ids" not in data:
+        corpus = corpus or "bible"
+        tokens = token_contexts(model, corpus, context_size=context_size or 128)
+        _, ids = split_ids(tokens.shape[0], 0.02, seed=0 if seed is None else seed)
+        return tokens[ids], ids.tolist(), f"{corpus} contexts held out with seed {seed or 0} (no training record)"
+    if seed is not None and seed != data["seed"]:
+        raise InputError(f"--seed {seed}: {sae_path} was trained with seed {data['seed']}, which fixes its held-out "
+                         f"contexts; drop --seed or pass --seed {data['seed']}")
+    if corpus is not None and corpus != data["corpus"]:
+        tokens = token_contexts(model, corpus, context_size=data.get("context_size") or context_size or 128)
+        return tokens, None, f"{corpus} contexts (not the training corpus {data['corpus']})"
+    if data["corpus"] == "tensor":
+        raise InputError(f"{sae_path} was trained on contexts passed in from Python; evaluate it with "
+                         "saes.evaluate.evaluate_sae on its held-out rows, or pass --corpus NAME for other text")
+    tokens = token_contexts(model, data["corpus"], context_size=data.get("context_size") or context_size or 128)
+    if contexts_fingerprint(tokens) != data["corpus_fingerprint"]:
+        raise InputError(f"the corpus {data['corpus']!r} no longer packs into the contexts {sae_path} was trained "
+                         "on (its files or the tokenizer changed); its held-out set cannot be rebuilt")
+    ids = torch.tensor(data["held_out_ids"], dtype=torch.long)
+    return tokens[ids], data["held_out_ids"], (f"{data['corpus']} contexts held out from training (seed "
+                                                f"{data['seed']}, {data['held_out_fraction']:.0%})")
+
+
+# ---------------------------------------------------------------------------------------------
+# the analysis: metrics and per-head table of one SAE, as one typed result
+
+
+@dataclass(frozen=True)
+class SAEEvalConfig:
+    """Options of `sae_eval_analysis` (recorded whole in its JSON)."""
+
+    contexts: int = 32              # held-out contexts evaluated (the first ones of the held-out set)
+    frequency_contexts: int = 0     # further held-out contexts on which only firing is counted (dead / dense)
+    corpus: str | None = None       # None: the training corpus's held-out contexts; a name: that corpus, whole
+    seed: int | None = None         # the training seed that fixed the held-out set (None: from training.json)
+    batch_size: int = 8
+    dense_threshold: float = 0.1    # a dense feature fires on more than this share of the counted tokens
+    fit_fraction: float = 0.5       # dark matter: share of tokens the linear map is fitted on
+    fit_seed: int = 0               # dark matter: seed of the fit / test split
+    own: float = 0.5                # polysemanticity: a head owns a live feature whose decoder share is at least this
+    distinct_cos: float = 0.5       # polysemanticity: owned features write different directions below this mean |cos|
+
+
+@dataclass
+class SAEEvalResult(AnalysisResult):
+    """`sae_eval_analysis`'s result. `table`: one row per head of the SAE's layer only (an SAE on
+    blocks.L.attn.hook_z says nothing of other layers' heads, so their rows are absent; the head atlas
+    reads absent heads as not measured):
+
+    - `mean_share`: the head's share of the SAE's feature attribution, the mean over live features of its
+      decoder-norm share |W_dec[i, head block]| / sum over heads (saes.attribution.head_attribution); sums
+      to 1 over the layer's heads;
+    - `top_features`: live features whose largest decoder share is this head (a count), `top_feature_share`
+      the same as a share of the live features;
+    - `owned_features`, `effective_features`, `mean_abs_cos`, `polysemantic`: the weight-based
+      polysemanticity estimate (saes.attribution.head_polysemanticity, thresholds `own`, `distinct_cos`).
+
+    Live features: those that fired on the counted tokens (not among `metrics["dead_features"]`).
+    Extras: `metrics` (sae_lens names: l0, explained_variance, ce_loss_score, dead_fraction, ... as
+    `evaluate_sae` returns them), `layer`, `sae` (its directory, or None for an SAE passed in loaded),
+    `sae_config` (its sae_lens config), `evaluated_on` (what the tokens were), `context_ids` (the
+    held-out context ids used, None when not from a recorded split) and `n_live`."""
+
+    metrics: dict[str, Any]
+    layer: int
+    sae: str | None
+    sae_config: dict[str, Any]
+    evaluated_on: str
+    context_ids: list[int] | None
+    n_live: int
+
+    KIND: ClassVar[str] = "sae_eval"
+
+    def extras(self) -> dict[str, Any]:
+        return json_ready({"sae": self.sae, "layer": self.layer, "evaluated_on": self.evaluated_on,
+                           "context_ids": self.context_ids, "metrics": self.metrics, "n_live_features": self.n_live,
+                           "sae_config": self.sae_config})
+
+
+def sae_eval_analysis(model, sae, config: SAEEvalConfig | None = None, *, tokens: torch.Tensor | None = None,
+                      texts: Sequence[str] | None = None, progress: bool | None = None, **fields: Any) -> SAEEvalResult:
+    """Evaluate one hook_z SAE: `evaluate_sae`'s metrics and the per-head table of its layer (SAEEvalResult).
+
+    sae: an SAE directory (loaded with `load_sae`) or a loaded sae_lens SAE. The tokens are, in this order:
+    `tokens` [n, seq] when given; `texts` packed into the SAE's context size; else the directory's held-out
+    contexts (`held_out_set` with the config's corpus and seed), firing also counted on the next
+    `frequency_contexts` of them. At most `contexts` contexts are evaluated. `fields` are SAEEvalConfig fields."""
+    from saes.attribution import head_attribution, head_polysemanticity
+
+    c = config or SAEEvalConfig(**fields)
+    path = None if hasattr(sae, "W_dec") else Path(sae)
+    if path is not None:
+        sae = load_sae(path, device=str(model.cfg.device))
+    layer = check_fits(model, sae)
+    tokens, ids, where, more = _eval_tokens(model, sae, path, c, tokens, texts)
+    metrics, fired = _evaluate(model, sae, tokens, layer=layer, batch_size=c.batch_size,
+                               dense_threshold=c.dense_threshold, fit_fraction=c.fit_fraction, seed=c.fit_seed,
+                               frequency_tokens=more, progress=progress)
+    alive = fired > 0
+    poly = head_polysemanticity(sae, model, layer, alive=alive, own=c.own, distinct_cos=c.distinct_cos).df
+    share = head_attribution(sae, model.cfg.n_heads)[alive]  # [live, n_heads]
+    top = torch.bincount(share.argmax(1), minlength=model.cfg.n_heads) if len(share) else torch.zeros(model.cfg.n_heads)
+    poly["top_features"] = top.long().numpy()
+    poly["top_feature_share"] = top.double().numpy() / max(1, len(share))
+    meta = {"analysis": "sae_eval", "layer": layer, "hook": f"blocks.{layer}.attn.hook_z", "n_live": len(share),
+            "share": "decoder-norm share |W_dec[i, head]| / sum over heads, live features only"}
+    table = HeadTable(poly, model=model.cfg.model_name, meta=meta)
+    return SAEEvalResult(table, c, metrics, layer, None if path is None else str(path), json_ready(sae.cfg.to_dict()),
+                         where, ids, len(share))
+
+
+def _eval_tokens(model, sae, path: Path | None, c: SAEEvalConfig, tokens, texts):
+    """(tokens [n, seq], held-out ids or None, description, frequency tokens or None) for `sae_eval_analysis`."""
+    if tokens is not None:
+        return tokens[: c.contexts], None, "tokens passed in", None
+    if texts is not None:
+        from saes.corpus import pack
+
+        tok = model.tokenizer
+        packed = pack(iter(texts), tok, sae.cfg.metadata.context_size or 128, separator=tok.eos_token_id)
+        if not len(packed):
+            raise InputError("the texts fill no context of the SAE's context size; give more or longer texts")
+        return packed[: c.contexts], None, "the given texts", None
+    if path is None:
+        raise InputError("sae_eval_analysis needs tokens or texts for an SAE passed in loaded (no held-out record)")
+    held, ids, where = held_out_set(model, path, corpus=c.corpus, seed=c.seed,
+                                    context_size=sae.cfg.metadata.context_size)
+    more = held[c.contexts:c.contexts + c.frequency_contexts] if c.frequency_contexts else None
+    return held[: c.contexts], None if ids is None else ids[: c.contexts], where, more

@@ -25,8 +25,8 @@ from interp.cli import (
     load_cli_model,
 )
 from interp.errors import InputError
-from interp.head_ids import HeadId
 from saes.corpus import SOURCES_HELP
+from saes.evaluate import SAEEvalResult, held_out_set, sae_eval_analysis
 from saes.train import ARCHITECTURES, saes_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -50,7 +50,7 @@ def check_corpus(source: str) -> None:
 def check_sae_args(facts, sae: Path | None, *, seed: int | None, corpus: str | None) -> tuple[Path, dict]:
     """An SAE directory for `facts`' model, its cfg.json read and checked against the model's layers and
     hook_z width, and --seed against its training record, all before the model loads."""
-    from saes.evaluate import hook_layer, sae_file_config
+    from saes.evaluate import hook_layer, sae_file_config, training_data
 
     path = resolve_sae(sae, facts.name)
     cfg = sae_file_config(path)
@@ -87,59 +87,6 @@ def resolve_sae(sae: Path | None, model_name: str) -> Path:
         raise InputError(f"no SAE trained for {model_name} in {saes_root(model_name)}; run `interp sae train "
                          f"--model {model_name} --layer L` or pass --sae DIR")
     return found[0]
-
-
-def training_data(sae_path: Path) -> dict | None:
-    """The `data` record of an SAE's training.json (corpus, seed, held-out fraction and context ids), or None
-    for an SAE trained elsewhere or before it was recorded."""
-    import json
-
-    path = Path(sae_path) / "training.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("data")
-    except json.JSONDecodeError:
-        raise InputError(f"{path} is not valid JSON; retrain the SAE or remove the file") from None
-
-
-def held_out_set(model, sae_path: Path, *, corpus: str | None, seed: int | None, context_size: int | None):
-    """The contexts an SAE may be evaluated on, with a description: (tokens [n, ctx], ids or None, note).
-
-    With a training.json: its corpus's held-out contexts, exactly the ids it recorded (a --seed other than the
-    training seed is refused; a --corpus other than the training corpus is used whole, none of it was trained
-    on). Without one: the corpus split rebuilt from --seed (default 0), as `interp sae train` would make it."""
-    from saes.corpus import split_ids, token_contexts
-    from saes.train import contexts_fingerprint
-
-    data = training_data(sae_path)
-    if data is None or "held_out_ids" not in data:
-        corpus = corpus or "bible"
-        tokens = token_contexts(model, corpus, context_size=context_size or 128)
-        _, ids = split_ids(tokens.shape[0], 0.02, seed=0 if seed is None else seed)
-        return tokens[ids], ids.tolist(), f"{corpus} contexts held out with seed {seed or 0} (no training record)"
-    if seed is not None and seed != data["seed"]:
-        raise InputError(f"--seed {seed}: {sae_path} was trained with seed {data['seed']}, which fixes its held-out "
-                         f"contexts; drop --seed or pass --seed {data['seed']}")
-    if corpus is not None and corpus != data["corpus"]:
-        tokens = token_contexts(model, corpus, context_size=data.get("context_size") or context_size or 128)
-        return tokens, None, f"{corpus} contexts (not the training corpus {data['corpus']})"
-    if data["corpus"] == "tensor":
-        raise InputError(f"{sae_path} was trained on contexts passed in from Python; evaluate it with "
-                         "saes.evaluate.evaluate_sae on its held-out rows, or pass --corpus NAME for other text")
-    tokens = token_contexts(model, data["corpus"], context_size=data.get("context_size") or context_size or 128)
-    if contexts_fingerprint(tokens) != data["corpus_fingerprint"]:
-        raise InputError(f"the corpus {data['corpus']!r} no longer packs into the contexts {sae_path} was trained "
-                         "on (its files or the tokenizer changed); its held-out set cannot be rebuilt")
-    ids = torch_ids(data["held_out_ids"])
-    return tokens[ids], data["held_out_ids"], (f"{data['corpus']} contexts held out from training (seed "
-                                                f"{data['seed']}, {data['held_out_fraction']:.0%})")
-
-
-def torch_ids(ids: list[int]):
-    import torch
-
-    return torch.tensor(ids, dtype=torch.long)
 
 
 @app.command("train")
@@ -199,60 +146,32 @@ def train_command(
          f"{summary['trained_samples']} tokens, {summary['seconds']:.0f} s): {path}")
 
 
-def evaluation_part(net, sae_path: Path, *, contexts: int, corpus: str | None, seed: int | None,
-                    texts: list[str] | None = None, frequency_contexts: int = 0) -> dict:
-    """Metrics, per-head polysemanticity and the head-attribution heatmap of one SAE (a report part).
-    Evaluated on its held-out contexts (`held_out_set`), or on `texts` packed into contexts when given; firing
-    frequencies (dead/dense features) also over `frequency_contexts` further held-out contexts."""
+def evaluation_part(result: SAEEvalResult) -> dict:
+    """A report part rendering `sae_eval_analysis`'s result: metrics, per-head table, live features by head."""
     import pandas as pd
     import plotly.express as px
 
-    from saes.attribution import head_attribution, head_polysemanticity
-    from saes.evaluate import check_fits, evaluate_sae, load_sae
-
-    sae = load_sae(sae_path, device=str(net.cfg.device))
-    layer = check_fits(net, sae)
-    if texts is not None:
-        from saes.corpus import pack
-
-        tok = net.tokenizer
-        tokens = pack(iter(texts), tok, sae.cfg.metadata.context_size or 128, separator=tok.eos_token_id)[:contexts]
-        ids, where, more = None, "atlas texts", None
-    else:
-        held, ids, where = held_out_set(net, sae_path, corpus=corpus, seed=seed,
-                                        context_size=sae.cfg.metadata.context_size)
-        tokens = held[:contexts]
-        more = held[contexts:contexts + frequency_contexts] if frequency_contexts else None
-        ids = None if ids is None else ids[:contexts]
-    metrics = evaluate_sae(net, sae, tokens, layer=layer, frequency_tokens=more)
-    alive = _alive(net, sae, tokens, layer)
-    poly = head_polysemanticity(sae, net, layer, alive=alive)
-    share = head_attribution(sae, net.cfg.n_heads)[alive]
-    top_head = pd.Series(share.argmax(1).numpy()).value_counts().reindex(range(net.cfg.n_heads), fill_value=0)
-    fig = px.bar(x=[HeadId(layer, h).label for h in range(net.cfg.n_heads)], y=top_head.values,
-                 labels={"x": "head", "y": "live features"}, title="live features by the head with the largest decoder share")
+    metrics, table, layer = result.metrics, result.table, result.layer
+    fig = px.bar(x=table["label"], y=table["top_features"], labels={"x": "head", "y": "live features"},
+                 title="live features by the head with the largest decoder share")
     keys = ["l0", "explained_variance", "ce_loss_score", "kl_div_score", "dead_fraction", "dark_matter_r2"]
-    text = (f"<p>SAE <code>{sae_path}</code> on <code>blocks.{layer}.attn.hook_z</code> ({sae.cfg.d_sae} latents, "
-            f"{sae.cfg.architecture()}), evaluated on {metrics['n_tokens']} tokens ({where}; "
-            f"firing counted on {metrics['frequency_n_tokens']}): "
+    cfg = result.sae_config
+    text = (f"<p>SAE <code>{result.sae or 'passed in'}</code> on <code>blocks.{layer}.attn.hook_z</code> "
+            f"({cfg.get('d_sae')} latents, {cfg.get('architecture')}), evaluated on {metrics['n_tokens']} tokens "
+            f"({result.evaluated_on}; firing counted on {metrics['frequency_n_tokens']}): "
             + ", ".join(f"{k} = {_fmt(metrics[k])}" for k in keys)
-            + f". {int(poly.df['polysemantic'].sum())} of {net.cfg.n_heads} heads look polysemantic by the weight-based "
-            "estimate (at least two owned features writing different directions).</p>")
+            + f". {int(table['polysemantic'].sum())} of {len(table)} heads look polysemantic by the weight-based "
+            f"estimate (at least two owned features writing different directions; {result.n_live} live features).</p>")
     metric_table = pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()])
+    body = result.to_dict()
+    del body["schema"], body["model"]
     return {"title": f"Attention-output SAE, layer {layer}", "text": text, "figures": [fig],
-            "tables": [("metrics (sae_lens names)", metric_table), ("per-head polysemanticity estimate", poly.df)],
-            "json": {"sae": str(sae_path), "layer": layer, "evaluated_on": where, "context_ids": ids,
-                     "metrics": metrics, "heads": poly.to_dict()}}
+            "tables": [("metrics (sae_lens names)", metric_table), ("per-head table (the SAE's layer)", table.df)],
+            "json": body}
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _alive(net, sae, tokens, layer):
-    from saes.dashboards import activation_stats
-
-    return activation_stats(net, sae, tokens, layer=layer, top=1, features=[0])["frequency"] > 0
 
 
 @app.command("eval")
@@ -270,8 +189,9 @@ def eval_command(
     path, _ = check_sae_args(check_model(model, device), sae, seed=seed, corpus=corpus)
     check_out(out)
     net = load_cli_model(model, device)
-    part = evaluation_part(net, path, contexts=contexts, corpus=corpus, seed=seed,
-                           frequency_contexts=frequency_contexts)
+    result = sae_eval_analysis(net, path, contexts=contexts, corpus=corpus, seed=seed,
+                               frequency_contexts=frequency_contexts, progress=True)
+    part = evaluation_part(result)
     with staged_output(out) as stage:
         write_analysis(stage, "sae_eval", net.cfg.model_name, part["json"], f"SAE evaluation: {net.cfg.model_name}", part)
     m = part["json"]["metrics"]
@@ -368,8 +288,9 @@ def atlas_section(model, context: dict) -> dict[str, Any]:
                         f"{model.cfg.model_name} --layer L</code> (stored in {saes_root(model.cfg.model_name)}, where "
                         "the atlas finds it) or set <code>INTERP_SAE</code> to an SAE directory.</p>"}
     # the atlas's own texts (not in the training corpus): no need to tokenise the whole corpus here
-    return evaluation_part(model, found[0], contexts=8, corpus=None, seed=None,
-                           texts=context.get("texts") or _atlas_texts())
+    result = sae_eval_analysis(model, found[0], contexts=8, texts=context.get("texts") or _atlas_texts(),
+                               progress=context.get("progress"))
+    return evaluation_part(result)
 
 
 def _atlas_texts() -> list[str]:

@@ -369,6 +369,14 @@ def test_sae_eval_scores_exactly_the_training_held_out_set(tiny, corpus, tmp_pat
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and doc["context_ids"] == held[:4]
     assert doc["metrics"]["n_tokens"] == 4 * 32
+    from dataclasses import asdict
+
+    from saes.evaluate import SAEEvalConfig
+
+    assert doc["config"] == asdict(SAEEvalConfig(contexts=4, frequency_contexts=0))
+    assert [r["label"] for r in doc["heads"]["rows"]] == [f"L{LAYER}H{h}" for h in range(4)]
+    written = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())
+    assert written["schema"] == "interp.sae_eval/1" and written["config"] == doc["config"]
     # the metrics are those of exactly these rows
     from saes.evaluate import evaluate_sae, load_sae
 
@@ -410,3 +418,59 @@ def test_head_polysemanticity_hand_case():
     live = head_polysemanticity(sae, model, 7, alive=torch.tensor([1, 0, 0, 1, 1])).df.set_index("head")
     assert live["owned_features"].tolist() == [2, 1, 1]
     assert live.loc[0, "mean_abs_cos"] == pytest.approx(3 / 5) and live["polysemantic"].tolist() == [False, False, False]
+
+
+SAE_TABLE_COLUMNS = ["owned_features", "effective_features", "mean_share", "mean_abs_cos", "polysemantic",
+                     "top_features", "top_feature_share"]
+
+
+def test_sae_eval_analysis_is_one_typed_result_with_a_head_table_of_its_layer(tiny, corpus, trained, tmp_path):
+    """The table's decoder shares over live features, from sae_lens' encoder on TL's full forward and the
+    decoder weights in float64; the JSON round-trips with allow_nan=False and carries the config whole."""
+    from dataclasses import asdict
+
+    from interp import HeadTable
+    from saes.evaluate import SAEEvalConfig, SAEEvalResult, load_sae, sae_eval_analysis
+
+    tokens = corpus[-6:]
+    result = sae_eval_analysis(tiny, trained, tokens=tokens, contexts=6, batch_size=4, progress=False)
+    assert isinstance(result, SAEEvalResult) and result.config == SAEEvalConfig(contexts=6, batch_size=4)
+    assert result.layer == LAYER and result.sae == str(trained) and result.context_ids is None
+    df = result.table.df
+    assert result.table.metrics == SAE_TABLE_COLUMNS and df["layer"].tolist() == [LAYER] * tiny.cfg.n_heads
+    assert df["head"].tolist() == list(range(tiny.cfg.n_heads))
+
+    sae = load_sae(trained)
+    name = f"blocks.{LAYER}.attn.hook_z"
+    with torch.no_grad():
+        _, cache = tiny.run_with_cache(tokens, names_filter=[name])
+        alive = (sae.encode(cache[name].flatten(-2)) != 0).flatten(0, 1).any(0)
+    norms = sae.W_dec.detach().double().reshape(sae.cfg.d_sae, tiny.cfg.n_heads, -1).norm(dim=-1)[alive]
+    share = norms / norms.sum(-1, keepdim=True)
+    assert result.n_live == int(alive.sum()) == sae.cfg.d_sae - result.metrics["dead_features"]
+    assert df["mean_share"].to_numpy() == pytest.approx(share.mean(0).numpy(), abs=1e-6)
+    assert df["mean_share"].sum() == pytest.approx(1.0, abs=1e-6)  # shares are float32
+    assert df["top_features"].tolist() == torch.bincount(share.argmax(1), minlength=tiny.cfg.n_heads).tolist()
+    assert df["top_feature_share"].to_numpy() == pytest.approx(df["top_features"].to_numpy() / int(alive.sum()))
+    with torch.no_grad():
+        clean = float(tiny(tokens, return_type="loss"))
+    assert result.metrics["ce_loss_without_sae"] == pytest.approx(clean, rel=1e-5)
+
+    result.to_json(tmp_path / "sae_eval.json")  # allow_nan=False
+    body = json.loads((tmp_path / "sae_eval.json").read_text())
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False)) == body
+    assert body["schema"] == "interp.sae_eval/1" and body["config"] == asdict(result.config)
+    assert body["layer"] == LAYER and body["metrics"]["n_tokens"] == 6 * 32 and body["sae"] == str(trained)
+    assert body["sae_config"]["d_sae"] == sae.cfg.d_sae and body["sae_config"]["metadata"]["hook_name"] == name
+    again = HeadTable.from_dict(body["heads"]).df  # a column of nothing but NaN comes back as None (object)
+    assert again["label"].tolist() == df["label"].tolist()
+    for column in SAE_TABLE_COLUMNS:
+        assert again[column].astype(float).tolist() == pytest.approx(df[column].astype(float).tolist(), nan_ok=True)
+
+
+def test_sae_eval_analysis_needs_tokens_for_a_loaded_sae(tiny, trained):
+    from interp.errors import InputError
+    from saes.evaluate import load_sae, sae_eval_analysis
+
+    with pytest.raises(InputError, match="needs tokens or texts"):
+        sae_eval_analysis(tiny, load_sae(trained))
