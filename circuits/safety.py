@@ -20,6 +20,9 @@ prompt, user tag) is run once and its keys and values reused for every prompt (`
 head in layer l, the ablated run restarts from the base run's residual stream entering layer l,
 for the shared prefix (batch 1) and then for the whole prompt batch (right-padded): one forward
 per head and prompt batch over layers l..L−1.
+
+`safety_analysis` (`SafetyConfig` → `SafetyResult`) runs it all, as the `interp safety` command and
+the atlas section do: Ships per head, Sahara's search, and the refusal check.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ import json
 import random
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -47,9 +51,20 @@ from interp.decoding import (
 from interp.errors import InputError
 from interp.head_ids import HeadId
 from interp.head_table import HeadTable
+from interp.progress import progress_bar
+from interp.results import AnalysisResult, frame_records
 
 ABLATIONS = ("query", "mean", "output")
 SCALE = 1e-5
+
+# The head table's columns: units and sign (larger = the head matters more, as everywhere).
+SAFETY_COLUMNS = {
+    "ships": "Ships: KL(p_base || p_ablated) of the next-token distribution at the prompt's last position, nats, "
+             "mean over the harmful prompts (>= 0; larger = ablating the head changes the answer more)",
+    "ships_median": "Ships, median over the harmful prompts (nats)",
+    "sahara_angle": "angle between the top left singular vectors of the harmful set's last-layer, last-token "
+                    "representations, base vs this head ablated (degrees, >= 0; larger = the head shapes them more)",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,8 +277,10 @@ def subspace_angle(base: torch.Tensor, other: torch.Tensor) -> float:
 
 @dataclass
 class ShipsResult:
-    """`table`: HeadTable with ships (mean over prompts, nats), ships_median, sahara_angle (the
-    first greedy step's angle, degrees). `per_prompt`: [prompt, layer, head] float64 Ships."""
+    """The Ships step, and what Sahara restarts from. `table`: HeadTable with the scored heads'
+    ships (mean over prompts, nats), ships_median, sahara_angle (the first greedy step's angle,
+    degrees), as `SAFETY_COLUMNS` says. `per_prompt`: [prompt, layer, head] float64 Ships (NaN
+    for heads not scored). `base`: the unablated run. `safety_analysis` builds a SafetyResult on it."""
 
     table: HeadTable
     per_prompt: np.ndarray
@@ -272,7 +289,7 @@ class ShipsResult:
 
 def ships(model: HookedTransformer, prompts: Sequence[str] | PromptBatch | None = None, *, ablation: str = "query",
           scale: float = SCALE, heads: Sequence[tuple[int, int]] | None = None, template: bool = True,
-          progress: bool = False) -> ShipsResult:
+          progress: bool | None = None) -> ShipsResult:
     """Ships of every head (or `heads`) on every prompt (default: the shipped harmful set; texts
     go through the chat template, or pass a `token_batch`), one batched forward per head. Also
     records Sahara's first-step angle per head."""
@@ -284,12 +301,12 @@ def ships(model: HookedTransformer, prompts: Sequence[str] | PromptBatch | None 
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
     per_prompt = np.full((len(batch), cfg.n_layers, cfg.n_heads), np.nan)
     angle = np.full((cfg.n_layers, cfg.n_heads), np.nan)
-    for layer, head in _progress(heads, progress, "Ships"):
+    for layer, head in progress_bar(heads, "Ships", progress, unit="head"):
         final, logprobs = ablated_run(model, base, [(layer, head)], ablation, scale=scale)
         per_prompt[:, layer, head] = kl_divergence(base.logprobs, logprobs).cpu().numpy()
         angle[layer, head] = subspace_angle(base.final, final)
     meta = {"analysis": "safety", "ablation": ablation, "scale": scale, "n_prompts": len(batch),
-            "shared_prefix_tokens": len(batch.prefix), "chat_template": template}
+            "shared_prefix_tokens": len(batch.prefix), "chat_template": template, "columns": dict(SAFETY_COLUMNS)}
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # heads not scored stay NaN
         metrics = {"ships": np.nanmean(per_prompt, 0), "ships_median": np.nanmedian(per_prompt, 0),
@@ -303,7 +320,7 @@ def ships(model: HookedTransformer, prompts: Sequence[str] | PromptBatch | None 
 
 def sahara(model: HookedTransformer, base: BaseRun, *, steps: int = 3, ablation: str = "query", scale: float = SCALE,
            candidates: Sequence[tuple[int, int]] | None = None, first_angles: HeadTable | None = None,
-           progress: bool = False) -> pd.DataFrame:
+           progress: bool | None = None) -> pd.DataFrame:
     """Greedy head-set search: at each step add the candidate head whose ablation, together with the
     set so far, gives the largest angle (`subspace_angle`) against the base representations.
     candidates default to every head; `first_angles` (a table with sahara_angle, e.g. from `ships`)
@@ -319,7 +336,8 @@ def sahara(model: HookedTransformer, base: BaseRun, *, steps: int = 3, ablation:
                       if (int(l), int(h)) in set(pool)}
         else:
             angles = {}
-            for cand in _progress([c for c in pool if c not in chosen], progress, f"Sahara step {step}"):
+            left = [c for c in pool if c not in chosen]
+            for cand in progress_bar(left, f"Sahara step {step}", progress, unit="head"):
                 final, _ = ablated_run(model, base, chosen + [cand], ablation, scale=scale)
                 angles[cand] = subspace_angle(base.final, final)
         best = max(angles, key=lambda c: (angles[c], -c[0], -c[1]))
@@ -407,7 +425,7 @@ def refusal_check(
     ablation: str = "query",
     scale: float = SCALE,
     phrases: Sequence[str] = REFUSAL_PHRASES,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """Refusal rate on the harmful and harmless sets with the top-k heads by `metric` ablated, vs k
     random other heads (`draws` seeded draws), vs none. Returns (one row per run: k, ablated, draw,
@@ -425,7 +443,7 @@ def refusal_check(
         runs.append((k, f"top {metric}", 0, ranked[:k]))
         runs += [(k, "random", d, rng.sample(ranked[k:], k)) for d in range(draws)]
     rows, base_answers = [], {}
-    for k, which, draw, heads in _progress(runs, progress, "refusal check"):
+    for k, which, draw, heads in progress_bar(runs, "refusal check", progress, unit="run"):
         for name, prompts in (("harmful", harmful), ("harmless", harmless)):
             answers = generate(model, prompts, max_new_tokens=max_new_tokens, heads=heads, ablation=ablation,
                                scale=scale)
@@ -437,32 +455,166 @@ def refusal_check(
     return pd.DataFrame(rows), base_answers
 
 
-def _progress(items: Sequence, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, disable=not enabled)
-
-
 def summary(checks: pd.DataFrame) -> pd.DataFrame:
     """Refusal rate per (k, ablated, set), random draws averaged (mean and min–max)."""
     g = checks.groupby(["k", "ablated", "set"])["refusal_rate"]
     return pd.DataFrame({"refusal_rate": g.mean(), "min": g.min(), "max": g.max(), "runs": g.size()}).reset_index()
 
 
+# ---------------------------------------------------------------------------------------------
+# the analysis: Ships, Sahara and the refusal check, as one typed result
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Options of `safety_analysis` (and the `interp safety` command); sequences are stored as tuples."""
+
+    n_prompts: int = 100                  # harmful prompts of the shipped set scored by Ships (and Sahara)
+    layers: tuple[int, ...] | None = None  # score only these layers' heads (None: every head)
+    ablation: str = "query"               # query (the paper's), mean or output; see the module docstring
+    scale: float = SCALE                  # factor on the ablated head's query (or output)
+    sahara_steps: int = 3                 # Sahara greedy steps (0: skip)
+    sahara_candidates: int = 20           # Sahara searches the heads with the largest single-head angle
+    ks: tuple[int, ...] = (1, 3, 5)       # refusal check: numbers of top-Ships heads ablated (() skips it)
+    draws: int = 3                        # refusal check: random draws of k other heads per k
+    n_check: int | None = None            # refusal check: prompts per set (None: n_prompts)
+    max_new_tokens: int = 32              # refusal check: greedy tokens per answer
+    seed: int = 0                         # random head draws
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", tuple(self.ks))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+
+    @property
+    def check_prompts(self) -> int:
+        """Prompts per set of the refusal check."""
+        return self.n_prompts if self.n_check is None else self.n_check
+
+
+@dataclass
+class SafetyResult(AnalysisResult):
+    """`table`: one row per scored head (every head unless config.layers) with ships, ships_median
+    and sahara_angle as `SAFETY_COLUMNS` says; `table.meta` says what ran (ablation, prompts, shared
+    prefix). `per_prompt`: [prompt, layer, head] Ships in nats (NaN for heads not scored).
+    `sahara`: one row per greedy step (step, layer, head, label, angle in degrees, set), None when
+    skipped. `refusal`: one row per (run, set) with k, ablated, draw, set, refusal_rate, heads, None
+    when skipped; `answers`: the unablated answers per set. `categories`: each scored prompt's
+    category. `seconds`: wall time per phase."""
+
+    per_prompt: np.ndarray
+    sahara: pd.DataFrame | None = None
+    refusal: pd.DataFrame | None = None
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    categories: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    KIND: ClassVar[str] = "safety"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What the run did: the table's meta without its column docs, and the refusal check's prompts per set."""
+        meta = {k: v for k, v in self.table.meta.items() if k != "columns"}
+        return {**meta, "n_check": self.config.check_prompts if self.config is not None else None}
+
+    def refusal_summary(self) -> pd.DataFrame | None:
+        """Refusal rate per (k, ablated, set), random draws averaged (`summary`); None when not run."""
+        return None if self.refusal is None else summary(self.refusal)
+
+    def extras(self) -> dict[str, Any]:
+        return {"params": self.params, "seconds": dict(self.seconds), "sahara": frame_records(self.sahara),
+                "refusal": frame_records(self.refusal), "base_answers": dict(self.answers),
+                "categories": list(self.categories)}
+
+
+def check_safety_args(facts, config: SafetyConfig) -> None:
+    """Every option of a safety run against the shipped prompt sets and the model's facts
+    (`interp.model_facts.ModelFacts`: layers, heads), before any work."""
+    c = config
+    if c.ablation not in ABLATIONS:
+        raise InputError(f"--ablation {c.ablation!r} is not one of {', '.join(ABLATIONS)}")
+    n_shipped = min(len(load_prompts("harmful")), len(load_prompts("harmless")))
+    if c.n_prompts > n_shipped:
+        raise InputError(f"--prompts {c.n_prompts} is more than the {n_shipped} shipped harmful prompts")
+    if c.n_prompts < 1 or (c.n_check is not None and not 1 <= c.n_check <= n_shipped):
+        raise InputError(f"--prompts and --check-prompts must lie in 1..{n_shipped}")
+    if c.sahara_steps < 0 or c.sahara_candidates < 1 or c.draws < 1 or c.max_new_tokens < 1:
+        raise InputError("--sahara-steps must be at least 0; --sahara-candidates, --draws and --max-new-tokens "
+                         "at least 1")
+    if c.layers is not None:
+        if not c.layers:
+            raise InputError("--layers names no layer")
+        bad = [v for v in c.layers if facts.n_layers is not None and not 0 <= v < facts.n_layers]
+        if bad:
+            raise InputError(f"--layers {bad[0]} is out of range; {facts.name} has layers 0-{facts.n_layers - 1}")
+    n_scored = None if facts.n_heads is None else len(set(c.layers)) * facts.n_heads if c.layers else facts.n_head_total
+    if c.ks and (min(c.ks) < 1 or (n_scored is not None and 2 * max(c.ks) > n_scored)):
+        raise InputError(f"--ks {','.join(map(str, c.ks))!r}: each k must lie in 1..{(n_scored or 2) // 2} (k random "
+                         f"heads are drawn from the {n_scored} scored heads outside the top k)")
+
+
+def safety_analysis(model: HookedTransformer, config: SafetyConfig | None = None, *, progress: bool | None = None,
+                    **fields: Any) -> SafetyResult:
+    """Ships on the first `n_prompts` shipped harmful prompts (every head, or those of `layers`),
+    Sahara's greedy search over the `sahara_candidates` heads with the largest first-step angle,
+    and the refusal check (top-k by Ships vs k random heads) on `n_check` prompts of each set.
+    `fields` are SafetyConfig fields, for `safety_analysis(model, n_prompts=10, ks=())`."""
+    import time
+
+    from interp.model_facts import ModelFacts
+
+    if config is not None and fields:
+        raise InputError(f"give a SafetyConfig or its fields, not both (got {', '.join(sorted(fields))})")
+    c = config or SafetyConfig(**fields)
+    check_safety_args(ModelFacts.of(model), c)
+    harmful, harmless = load_prompts("harmful"), load_prompts("harmless")
+    heads = None if c.layers is None else [(l, h) for l in sorted(set(c.layers)) for h in range(model.cfg.n_heads)]
+    seconds = {}
+    t = time.perf_counter()
+    scored = ships(model, harmful["prompt"].tolist()[: c.n_prompts], ablation=c.ablation, scale=c.scale, heads=heads,
+                   progress=progress)
+    seconds["ships"] = time.perf_counter() - t
+    search = None
+    if c.sahara_steps > 0:
+        t = time.perf_counter()
+        ranked = scored.table.top("sahara_angle", c.sahara_candidates).df
+        candidates = list(zip(ranked["layer"].astype(int), ranked["head"].astype(int)))
+        search = sahara(model, scored.base, steps=min(c.sahara_steps, len(candidates)), ablation=c.ablation,
+                        scale=c.scale, candidates=candidates, first_angles=scored.table, progress=progress)
+        seconds["sahara"] = time.perf_counter() - t
+    checks, answers = None, {}
+    if c.ks:
+        t = time.perf_counter()
+        n = c.check_prompts
+        checks, answers = refusal_check(model, scored.table, ks=c.ks, draws=c.draws, seed=c.seed,
+                                        harmful=harmful["prompt"].tolist()[:n],
+                                        harmless=harmless["prompt"].tolist()[:n],
+                                        max_new_tokens=c.max_new_tokens, ablation=c.ablation, scale=c.scale,
+                                        progress=progress)
+        seconds["refusal_check"] = time.perf_counter() - t
+    return SafetyResult(scored.table, c, scored.per_prompt, search, checks, answers,
+                        harmful["category"].tolist()[: c.n_prompts], seconds)
+
+
 __all__ = [
     "ABLATIONS",
+    "SAFETY_COLUMNS",
     "SCALE",
     "BaseRun",
     "PromptBatch",
+    "SafetyConfig",
+    "SafetyResult",
     "ShipsResult",
     "ablated_run",
     "ablation_hooks",
     "base_run",
     "chat_batch",
+    "check_safety_args",
     "generate",
     "kl_divergence",
     "load_prompts",
     "refusal_check",
+    "safety_analysis",
     "sahara",
     "ships",
     "subspace_angle",

@@ -1,8 +1,8 @@
-"""Safety heads for people: the `interp safety` command and the atlas section."""
+"""Safety heads for people: the `interp safety` command and the atlas section, rendering
+`circuits.safety.safety_analysis`."""
 from __future__ import annotations
 
 import html
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,11 @@ from circuits.refusal import is_refusal
 from circuits.safety import (
     ABLATIONS,
     SCALE,
+    SafetyConfig,
+    SafetyResult,
+    check_safety_args,
     load_prompts,
-    refusal_check,
-    sahara,
-    ships,
-    summary,
+    safety_analysis,
 )
 from interp.cli import (
     DEVICE,
@@ -24,7 +24,6 @@ from interp.cli import (
     MODEL,
     OUT,
     SEED,
-    check_index,
     check_model,
     emit,
     load_cli_model,
@@ -33,56 +32,17 @@ from interp.cli import (
 from interp.errors import InputError
 
 
-def safety_analysis(model, *, n_prompts: int = 100, ablation: str = "query", scale: float = SCALE,
-                    heads=None, sahara_steps: int = 3, sahara_candidates: int = 20, ks=(1, 3, 5), draws: int = 3,
-                    n_check: int | None = None, max_new_tokens: int = 32, seed: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
-    """Ships on `n_prompts` harmful prompts (every head, or `heads`), Sahara's greedy search over the
-    `sahara_candidates` heads with the largest first-step angle, and the refusal check (top-k by
-    Ships vs k random heads) on `n_check` prompts of each set (default: n_prompts)."""
-    harmful = load_prompts("harmful")
-    harmless = load_prompts("harmless")
-    if not 1 <= n_prompts <= len(harmful):
-        raise InputError(f"--prompts must lie in 1..{len(harmful)}, got {n_prompts}")
-    n_check = n_prompts if n_check is None else n_check
-    seconds = {}
-    t = time.perf_counter()
-    result = ships(model, harmful["prompt"].tolist()[:n_prompts], ablation=ablation, scale=scale, heads=heads,
-                   progress=progress)
-    seconds["ships"] = time.perf_counter() - t
-    search = None
-    if sahara_steps > 0:
-        t = time.perf_counter()
-        ranked = result.table.top("sahara_angle", sahara_candidates).df
-        candidates = list(zip(ranked["layer"].astype(int), ranked["head"].astype(int)))
-        search = sahara(model, result.base, steps=min(sahara_steps, len(candidates)), ablation=ablation, scale=scale,
-                        candidates=candidates, first_angles=result.table, progress=progress)
-        seconds["sahara"] = time.perf_counter() - t
-    checks, answers = None, {}
-    if ks:
-        t = time.perf_counter()
-        checks, answers = refusal_check(model, result.table, ks=ks, draws=draws, seed=seed,
-                                        harmful=harmful["prompt"].tolist()[:n_check],
-                                        harmless=harmless["prompt"].tolist()[:n_check], max_new_tokens=max_new_tokens,
-                                        ablation=ablation, scale=scale, progress=progress)
-        seconds["refusal_check"] = time.perf_counter() - t
-    params = dict(result.table.meta, n_check=n_check, ks=list(ks), draws=draws, max_new_tokens=max_new_tokens,
-                  sahara_steps=sahara_steps, sahara_candidates=sahara_candidates, seed=seed, seconds=seconds)
-    return {"ships": result, "sahara": search, "checks": checks, "answers": answers, "params": params,
-            "categories": harmful["category"].tolist()[:n_prompts]}
-
-
-def _figures(a: dict[str, Any]) -> list:
+def _figures(a: SafetyResult) -> list:
     import plotly.express as px
 
-    table = a["ships"].table
+    table = a.table
     figures = [table.heatmap("ships", title=f"Ships: mean KL(base ‖ ablated) over harmful prompts (nats) — {table.model}"),
                table.heatmap("sahara_angle", title="angle of the harmful set's top singular vector when the head is "
                                                    "ablated (degrees)")]
-    if a["checks"] is not None:
-        s = summary(a["checks"])
+    if a.refusal is not None:
+        s = a.refusal_summary()
         s = s[s["k"] > 0]
-        base = a["checks"][a["checks"]["k"] == 0].set_index("set")["refusal_rate"]
+        base = a.refusal[a.refusal["k"] == 0].set_index("set")["refusal_rate"]
         fig = px.bar(s, x="k", y="refusal_rate", color="ablated", facet_col="set", barmode="group",
                      error_y=s["max"] - s["refusal_rate"], error_y_minus=s["refusal_rate"] - s["min"],
                      title="refusal rate with k heads ablated (random: mean and range over draws)")
@@ -93,8 +53,8 @@ def _figures(a: dict[str, Any]) -> list:
     return figures
 
 
-def _summary(a: dict[str, Any]) -> str:
-    p, table = a["params"], a["ships"].table.df
+def _summary(a: SafetyResult) -> str:
+    p, c, table = a.params, a.config, a.table.df
     top = table.sort_values("ships", ascending=False).head(5)
     tops = ", ".join(f"{r.label} ({r.ships:.3g})" for r in top.itertuples())
     text = (f"<p>Ships (Zhou et al.): KL(p_base ‖ p_ablated) of the next-token distribution at the last position of "
@@ -102,72 +62,63 @@ def _summary(a: dict[str, Any]) -> str:
             f"{' (query × ' + format(p['scale'], 'g') + ': uniform attention)' if p['ablation'] == 'query' else ''}. "
             f"Top heads by mean Ships: {html.escape(tops)}. The template's shared first {p['shared_prefix_tokens']} "
             f"tokens are run once per head; each head is one batched forward from its layer.</p>")
-    if a["sahara"] is not None and len(a["sahara"]):
-        steps = "; ".join(f"{r.set} → {r.angle:.2f}°" for r in a["sahara"].itertuples())
-        text += (f"<p>Sahara greedy search (candidates: the {p['sahara_candidates']} heads with the largest single-head "
+    if a.sahara is not None and len(a.sahara):
+        steps = "; ".join(f"{r.set} → {r.angle:.2f}°" for r in a.sahara.itertuples())
+        text += (f"<p>Sahara greedy search (candidates: the {c.sahara_candidates} heads with the largest single-head "
                  f"angle): {html.escape(steps)}.</p>")
-    checks = a["checks"]
+    checks = a.refusal
     if checks is not None:
         base = checks[checks["k"] == 0].set_index("set")["refusal_rate"]
-        s = summary(checks)
+        s = a.refusal_summary()
         parts = []
         for k in sorted(set(s["k"]) - {0}):
             row = s[s["k"] == k].set_index(["ablated", "set"])["refusal_rate"]
             top_name = next(x for x in row.index.get_level_values(0) if x != "random")
             parts.append(f"k={k}: harmful {row[(top_name, 'harmful')]:.0%} (random {row[('random', 'harmful')]:.0%}), "
                          f"harmless {row[(top_name, 'harmless')]:.0%} (random {row[('random', 'harmless')]:.0%})")
-        text += (f"<p>Refusal check on {p['n_check']} prompts per set, greedy {p['max_new_tokens']} tokens, phrase-based "
+        text += (f"<p>Refusal check on {p['n_check']} prompts per set, greedy {c.max_new_tokens} tokens, phrase-based "
                  f"detector: base refusal rate <b>{base.get('harmful', float('nan')):.0%}</b> on harmful requests and "
                  f"{base.get('harmless', float('nan')):.0%} on harmless ones. With the top-k Ships heads ablated vs k "
                  f"random heads: {html.escape('; '.join(parts))}.</p>")
     return text
 
 
-def _answers_table(a: dict[str, Any]):
+def _answers_table(a: SafetyResult):
     import pandas as pd
 
     rows = []
-    for name, answers in a["answers"].items():
+    for name, answers in a.answers.items():
         prompts = load_prompts(name)["prompt"].tolist()
         rows += [{"set": name, "prompt": p, "answer": x[:160], "refusal": is_refusal(x)} for p, x in zip(prompts, answers)]
     return pd.DataFrame(rows)
 
 
-def _tables(a: dict[str, Any]) -> list:
-    table = a["ships"].table
-    tables = [("top 15 heads by Ships", table.top("ships", 15).df[["label", "ships", "ships_median", "sahara_angle"]])]
-    if a["sahara"] is not None:
-        tables.append(("Sahara greedy search", a["sahara"]))
-    if a["checks"] is not None:
-        tables.append(("refusal rate per run", a["checks"]))
+def _tables(a: SafetyResult) -> list:
+    top = a.table.top("ships", 15).df[["label", "ships", "ships_median", "sahara_angle"]]
+    tables = [("top 15 heads by Ships", top)]
+    if a.sahara is not None:
+        tables.append(("Sahara greedy search", a.sahara))
+    if a.refusal is not None:
+        tables.append(("refusal rate per run", a.refusal))
         tables.append(("base answers (first 160 characters)", _answers_table(a).head(40)))
     return tables
 
 
-def _json(a: dict[str, Any]) -> dict[str, Any]:
-    checks, search = a["checks"], a["sahara"]
-    return {"params": a["params"], "heads": a["ships"].table.to_dict(),
-            "sahara": None if search is None else search.to_dict(orient="records"),
-            "refusal": None if checks is None else checks.to_dict(orient="records"),
-            "base_answers": a["answers"]}
-
-
-def _section(a: dict[str, Any]) -> dict[str, Any]:
+def _section(a: SafetyResult) -> dict[str, Any]:
+    body = a.to_dict()
+    del body["schema"], body["model"]
     return {"title": "Safety heads (Ships, Sahara, refusal)", "text": _summary(a), "figures": _figures(a),
-            "tables": _tables(a), "json": _json(a)}
+            "tables": _tables(a), "json": body}
 
 
 def atlas_section(model, context: dict) -> dict[str, Any]:
     """Cheap: 6 harmful prompts, Ships for the heads of layers at 1/6, 1/2 and 5/6 of the depth, 2
     Sahara steps over 4 candidates, refusal check with k = 1 and one random draw on 6 prompts per
     set (8 tokens: refusals show in the first words)."""
-    cfg = model.cfg
-    layers = sorted({cfg.n_layers // 6, cfg.n_layers // 2, 5 * cfg.n_layers // 6})
-    heads = [(l, h) for l in layers for h in range(cfg.n_heads)]
-    a = safety_analysis(model, n_prompts=6, heads=heads, sahara_steps=2, sahara_candidates=4, ks=(1,),
-                        draws=1, max_new_tokens=8, seed=int(context.get("seed", 0)),
-                        progress=bool(context.get("progress", False)))
-    part = _section(a)
+    n = model.cfg.n_layers
+    config = SafetyConfig(n_prompts=6, layers=sorted({n // 6, n // 2, 5 * n // 6}), sahara_steps=2, sahara_candidates=4,
+                          ks=(1,), draws=1, max_new_tokens=8, seed=int(context.get("seed", 0)))
+    part = _section(safety_analysis(model, config, progress=context.get("progress")))
     part["text"] += ("<p>Atlas setting (kept cheap): 6 prompts and the heads of three layers only; run "
                      "<code>interp safety</code> for every head over 100 prompts.</p>")
     return part
@@ -190,38 +141,24 @@ def safety_command(
     from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
-    if ablation not in ABLATIONS:
-        raise InputError(f"--ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")
     try:
         k_list = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--ks {ks!r} is not a comma-separated list of integers") from None
-    n_shipped = min(len(load_prompts("harmful")), len(load_prompts("harmless")))
-    if prompts > n_shipped:
-        raise InputError(f"--prompts {prompts} is more than the {n_shipped} shipped harmful prompts")
-    if check_prompts is not None and not 1 <= check_prompts <= n_shipped:
-        raise InputError(f"--check-prompts {check_prompts} must lie in 1..{n_shipped}")
-    facts = check_model(model, device)
     chosen = parse_indices(layers, "layers")
     if chosen is not None and not chosen:
         raise InputError(f"--layers {layers!r} names no layer")
-    check_index(chosen, facts.n_layers, "layers", facts.name)
-    n_scored = None if facts.n_heads is None else (len(set(chosen)) * facts.n_heads if chosen else facts.n_head_total)
-    if k_list and (min(k_list) < 1 or (n_scored is not None and 2 * max(k_list) > n_scored)):
-        raise InputError(f"--ks {ks!r}: each k must lie in 1..{(n_scored or 2) // 2} (k random heads are drawn from "
-                         f"the {n_scored} scored heads outside the top k)")
+    config = SafetyConfig(n_prompts=prompts, layers=chosen, ablation=ablation, scale=scale, sahara_steps=sahara_steps,
+                          sahara_candidates=sahara_candidates, ks=k_list, draws=draws, n_check=check_prompts,
+                          max_new_tokens=max_new_tokens, seed=seed)
+    check_safety_args(check_model(model, device), config)
     check_out(out)
     net = load_cli_model(model, device)
-    heads = None
-    if chosen is not None:
-        heads = [(l, h) for l in sorted(set(chosen)) for h in range(net.cfg.n_heads)]
-    a = safety_analysis(net, n_prompts=prompts, heads=heads, ablation=ablation, scale=scale, sahara_steps=sahara_steps,
-                        sahara_candidates=sahara_candidates, ks=k_list, draws=draws, n_check=check_prompts,
-                        max_new_tokens=max_new_tokens, seed=seed)
+    a = safety_analysis(net, config)
     part = _section(a)
     with staged_output(out) as stage:
         write_analysis(stage, "safety", net.cfg.model_name, part["json"], f"Safety heads: {net.cfg.model_name}", part)
-        a["ships"].table.to_csv(stage / "safety_heads.csv")
-    top = a["ships"].table.top("ships", 1).df.iloc[0]
+        a.table.to_csv(stage / "safety_heads.csv")
+    top = a.table.top("ships", 1).df.iloc[0]
     emit(as_json, {"schema": "interp.safety/1", "model": net.cfg.model_name, **part["json"]},
          f"{net.cfg.model_name}: top Ships head {top['label']} ({top['ships']:.3g} nats); wrote {out}/safety.html, safety.json")

@@ -221,3 +221,98 @@ def test_refusal_check_ablates_the_ranked_heads_and_counts_refusals(tiny, monkey
             assert row.refusal_rate == (1.0 if "L0H0" in heads else 0.0)
     assert len(checks) == 2 * (1 + 2 * (1 + 2))  # (none + per k: top + 2 draws) x 2 sets
     assert isinstance(checks, pd.DataFrame)
+
+
+# ---------------------------------------------------------------------------------------------
+# one result shape: SafetyConfig -> SafetyResult, recorded whole in its JSON
+
+def _strict_json(text):
+    """json.loads that refuses NaN and Infinity (what allow_nan=False writers never emit)."""
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"{name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_safety_analysis_refuses_bad_options_before_any_work(tiny):
+    with pytest.raises(InputError, match="not both"):
+        S.safety_analysis(tiny, S.SafetyConfig(), n_prompts=3)
+    with pytest.raises(InputError, match="--ablation 'keys' is not one of"):
+        S.safety_analysis(tiny, ablation="keys")
+    with pytest.raises(InputError, match="--layers 3 is out of range; tiny-gqa has layers 0-2"):
+        S.safety_analysis(tiny, layers=[3])
+    with pytest.raises(InputError, match="each k must lie in 1..2"):
+        S.safety_analysis(tiny, layers=[1], ks=(3,))
+
+
+def _chat_model(tokenizer):
+    """A tiny random Llama-like model (2 layers x 4 heads, rotary, GQA) speaking SmolLM2's tokenizer, chat
+    template included: the whole analysis runs on every head in seconds."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        d_model=32, d_head=8, n_layers=2, n_heads=4, n_key_value_heads=2, d_mlp=64, n_ctx=256, d_vocab=len(tokenizer),
+        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
+        final_rms=True, seed=13, model_name="tiny-chat", device="cpu", default_prepend_bos=False)
+    model = HookedTransformer(cfg).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.W_Q.mul_(8.0)
+    model.tokenizer = tokenizer
+    return model
+
+
+@pytest.mark.slow
+def test_safety_analysis_is_one_typed_result_that_records_its_config(smollm2, tmp_path):
+    """Every head scored on 3 harmful prompts in the chat template; each head's Ships is the mean KL that
+    TransformerLens' run_with_hooks gives with its query scaled; Sahara starts from the largest single-head
+    angle; all of it in one JSON."""
+    import numpy as np
+
+    from interp.head_table import HeadTable
+
+    model = _chat_model(smollm2.tokenizer)
+    config = S.SafetyConfig(n_prompts=3, sahara_steps=2, sahara_candidates=3, ks=(1,), draws=1, max_new_tokens=4)
+    result = S.safety_analysis(model, config, progress=False)
+    assert isinstance(result, S.SafetyResult) and result.config is config and result.KIND == "safety"
+    table = result.table
+    assert table.df["label"].tolist() == [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    assert table.metrics == ["ships", "ships_median", "sahara_angle"] and set(table.metrics) <= set(table.meta["columns"])
+    prompts = S.load_prompts("harmful")["prompt"].tolist()[:3]
+    tokens = [smollm2.tokenizer(S.chat_prompt(model, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    for row in table.df.itertuples():
+        hooks = [_scale_head(f"blocks.{row.layer}.attn.hook_q", row.head, 1e-5)]  # before rotary: same linear map
+        refs = [_kl_reference(model, t, hooks) for t in tokens]
+        assert row.ships == pytest.approx(np.mean(refs), rel=1e-3, abs=1e-7)
+        assert row.ships_median == pytest.approx(np.median(refs), rel=1e-3, abs=1e-7)
+    assert table.df["ships"].max() > 1e-4  # the ablations do something
+    assert result.sahara["label"].iloc[0] == table.top("sahara_angle", 1).df["label"].iloc[0] and len(result.sahara) == 2
+    assert result.categories == S.load_prompts("harmful")["category"].tolist()[:3]
+    result.to_json(tmp_path / "safety.json")
+    body = _strict_json((tmp_path / "safety.json").read_text())
+    assert body["schema"] == "interp.safety/1" and body["config"] == {
+        "n_prompts": 3, "layers": None, "ablation": "query", "scale": 1e-5, "sahara_steps": 2, "sahara_candidates": 3,
+        "ks": [1], "draws": 1, "n_check": None, "max_new_tokens": 4, "seed": 0}
+    assert HeadTable.from_dict(body["heads"]).df.equals(table.df)
+    assert len(body["refusal"]) == 2 * 3 and len(body["base_answers"]["harmful"]) == 3  # (none, top, random) x 2 sets
+    assert body["params"]["n_check"] == 3 and set(body["seconds"]) == {"ships", "sahara", "refusal_check"}
+    assert "SafetyResult" in result._repr_html_()
+
+
+@pytest.mark.slow
+def test_safety_command_json_carries_the_config(smollm2, tmp_path):
+    from tests.test_cli import run
+
+    out = tmp_path / "s"
+    proc = run("safety", "--out", str(out), "--prompts", "2", "--layers", "3", "--sahara-steps", "1",
+               "--sahara-candidates", "2", "--ks", "1", "--draws", "1", "--max-new-tokens", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    printed, written = _strict_json(proc.stdout), _strict_json((out / "safety.json").read_text())
+    expected = {"n_prompts": 2, "layers": [3], "ablation": "query", "scale": 1e-5, "sahara_steps": 1,
+                "sahara_candidates": 2, "ks": [1], "draws": 1, "n_check": None, "max_new_tokens": 4, "seed": 0}
+    for doc in (printed, written):
+        assert doc["schema"] == "interp.safety/1" and doc["config"] == expected
+        assert [r["label"] for r in doc["heads"]["rows"]] == [f"L3H{h}" for h in range(9)]
+        assert len(doc["sahara"]) == 1 and len(doc["refusal"]) == 2 * 3
