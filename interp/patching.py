@@ -34,6 +34,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from interp.errors import InputError
+from interp.progress import progress_bar
 
 METRICS = ("logit_diff", "kl")
 ABLATIONS = ("mean", "corrupt", "zero", "resample")
@@ -116,16 +117,24 @@ def metric_per_prompt(metric: str, logits: torch.Tensor, pairs: PromptPairs,
         if clean_logprobs is None:
             raise InputError("the kl metric needs the clean run's log-probabilities")
         logp = logits.float().log_softmax(-1)
+        clean_logprobs = clean_logprobs.to(logp.device)  # a split model's logits are on its last GPU
         return (clean_logprobs.exp() * (clean_logprobs - logp)).sum(-1)
     check_metric(metric)
     raise AssertionError
 
 
 def final_logits(model: HookedTransformer, resid: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """The residual after the last block [batch, pos, d_model] → next-token logits at `last` [batch, vocab]
-    (final norm and unembedding of those positions only)."""
+    """The residual after the last block [batch, pos, d_model] → next-token logits at `last` [batch, vocab]:
+    TransformerLens' forward from there (final norm, unembedding, Gemma 2's final soft-cap) on those
+    positions only."""
+    resid = resid.to(model.unembed.W_U.device)  # the last block's device when layers are split over GPUs
     rows = torch.arange(resid.shape[0], device=resid.device)
-    return model.unembed(model.ln_final(resid[rows, last.to(resid.device)][:, None]))[:, 0]
+    x = resid[rows, last.to(resid.device)][:, None]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[:, 0]
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits
 
 
 def run_last_logits(model: HookedTransformer, tokens: torch.Tensor, last: torch.Tensor, fwd_hooks=(),
@@ -261,7 +270,8 @@ class CleanRun:
 def clean_run(model: HookedTransformer, pairs: PromptPairs, metric: str) -> CleanRun:
     cfg = model.cfg
     resid = []
-    hooks = [(f"blocks.{l}.hook_resid_pre", lambda act, hook: resid.append(act.detach())) for l in range(cfg.n_layers)]
+    hooks = [(f"blocks.{l}.hook_resid_pre", lambda act, hook: resid.append(act.detach().to(cfg.device)))
+             for l in range(cfg.n_layers)]
     logits = run_last_logits(model, pairs.clean, pairs.last, hooks)
     logprobs = logits.float().log_softmax(-1)
     return CleanRun(torch.stack(resid), logprobs, metric_per_prompt(metric, logits, pairs, logprobs))
@@ -269,7 +279,7 @@ def clean_run(model: HookedTransformer, pairs: PromptPairs, metric: str) -> Clea
 
 def patch_heads(model: HookedTransformer, pairs: PromptPairs, *, metric: str = "logit_diff",
                 ablation: str | Ablation = "corrupt", heads: Sequence[tuple[int, int]] | None = None,
-                by_position: bool = False, batch_size: int = 16, seed: int = 0, progress: bool = False) -> dict:
+                by_position: bool = False, batch_size: int = 16, seed: int = 0, progress: bool | None = None) -> dict:
     """Exact activation patching: for each head, run the clean prompts with that head's output
     (hook_z) replaced by its ablation value — at every position, or with `by_position` at one
     position at a time — and read the metric.
@@ -293,7 +303,7 @@ def patch_heads(model: HookedTransformer, pairs: PromptPairs, *, metric: str = "
     total = torch.zeros(len(heads), n_pos) if by_position else torch.zeros(len(heads))
     clean_total = 0.0
     layers = sorted({l for l, _ in heads})
-    for index, part in _progress(list(pairs.batches(batch_size)), progress):
+    for index, part in progress_bar(list(pairs.batches(batch_size)), "patching", progress):
         part_abl = abl.select(index, part.clean.shape[1])
         run = clean_run(model, part, metric)
         clean_total += float(run.metric.sum())
@@ -323,10 +333,10 @@ def _patch_layer(model, part: PromptPairs, abl: Ablation, run: CleanRun, layer: 
     for start in range(0, len(variants), chunk):
         block = variants[start:start + chunk]
         k = len(block)
-        z_abl = abl.z[layer].to(model.cfg.device)
+        z_abl = abl.z[layer]
 
         def hook(z, hook, block=block, z_abl=z_abl):
-            z = z.clone()
+            z, z_abl = z.clone(), z_abl.to(z.device, z.dtype)
             for j, (i, p) in enumerate(block):
                 rows = slice(j * B, (j + 1) * B)
                 if p is None:
@@ -355,26 +365,20 @@ def _repeat(part: PromptPairs, k: int) -> PromptPairs:
 
 def head_ablation_hooks(ablation: Ablation, ablate: torch.Tensor, device=None) -> list:
     """Forward hooks replacing the output (hook_z) of every head where `ablate` [layer, head] (bool)
-    is True by its ablation value (node ablation: all of the head's outgoing edges)."""
+    is True by its ablation value (node ablation: all of the head's outgoing edges). The values move to
+    each hook's activation device (`device` is kept for callers and no longer needed)."""
     hooks = []
     for layer in range(ablate.shape[0]):
         idx = ablate[layer].nonzero().flatten().tolist()
         if not idx:
             continue
-        z_abl = ablation.z[layer].to(device) if device is not None else ablation.z[layer]
+        z_abl = ablation.z[layer]
 
         def hook(z, hook, idx=idx, z_abl=z_abl):
             z = z.clone()
-            z[:, :, idx] = z_abl[:, : z.shape[1], idx].to(z.dtype)
+            z[:, :, idx] = z_abl[:, : z.shape[1], idx].to(z.device, z.dtype)
             return z
 
         hooks.append((f"blocks.{layer}.attn.hook_z", hook))
     return hooks
 
-
-def _progress(items: list, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="patching", leave=False)
