@@ -8,7 +8,10 @@ Graph (names as auto-circuit writes them):
 Every destination's input is the sum of the outputs of all sources before it (plus constant biases),
 so an edge u → v is one term of that sum. An edge is *removed* by replacing the term with the
 source's ablation value: input_v = resid_v − Σ_{u removed} (out_u − ablated_u).
-Order: Resid Start < layer l's Q/K/V < layer l's heads < MLP l's input < MLP l < layer l+1 … < Resid End.
+Order: Resid Start < layer l's Q/K/V < layer l's heads < MLP l's input < MLP l < layer l+1 … < Resid End;
+with parallel attention + MLP (GPT-J, NeoX, Phi) MLP l's input sits with layer l's Q/K/V (both read
+the block's input), so layer l's heads do not feed MLP l. After a post-norm (Gemma 2/3, OLMo 2/3) a
+head's output is its share of the normed layer output, with that run's norm scale (graph.py).
 
 GQA. A KV head computes one key and one value, shared by the n_heads / n_kv_heads query heads of
 its group, from one input. The graph keeps that: K and V inputs exist once per KV head, named

@@ -13,13 +13,14 @@ from interp.patching import (
     metric_per_prompt,
     run_last_logits,
 )
+from interp.progress import progress_bar
 
 # ---------------------------------------------------------------------------------------------
 # ACDC-style pruning
 
 
 def acdc(model: HookedTransformer, attribution: Attribution, pairs: PromptPairs, abl: Ablation, *,
-         n_candidates: int = 200, tau: float = 0.01, metric: str = "kl", progress: bool = False) -> dict:
+         n_candidates: int = 200, tau: float = 0.01, metric: str = "kl", progress: bool | None = None) -> dict:
     """Conmy et al.'s pruning over the edges attribution proposes: start from the circuit of the
     `n_candidates` edges of largest |score| (everything else ablated); visit destinations from
     Resid End backwards (reverse topological order); for each incoming edge (smallest |score|
@@ -47,13 +48,8 @@ def acdc(model: HookedTransformer, attribution: Attribution, pairs: PromptPairs,
     for d in dsts:
         srcs = keep[:, d].nonzero().flatten().tolist()
         order += [(s, d) for s in sorted(srcs, key=lambda s: abs(float(attribution.scores[s, d])))]
-    it = order
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(order, desc="acdc", leave=False)
     layer_of_cache = graph.n_layers
-    for s, d in it:
+    for s, d in progress_bar(order, "acdc", progress):
         layer = graph.dst_layer(d)
         if layer < layer_of_cache:  # moving down: refresh the cache for the current circuit
             _, cache = run_with_edges(model, graph, pairs, abl, keep, record=True)

@@ -10,8 +10,8 @@ import torch
 from circuits.discovery.eap import Attribution
 from circuits.discovery.edge_patching import run_with_edges
 from circuits.discovery.graph import Graph, build_graph
-from interp.head_ids import HeadId
 from interp.errors import InputError
+from interp.head_ids import HeadId
 from interp.patching import (
     Ablation,
     PromptPairs,

@@ -21,9 +21,9 @@ from circuits.discovery.curves import (
 from circuits.discovery.eap import attribute
 from circuits.discovery.graph import build_graph
 from circuits.discovery.mask_ig import head_mask_ig
-from interp.head_ids import HeadId
 from interp.circuit import Circuit, Edge
 from interp.errors import InputError
+from interp.head_ids import HeadId
 from interp.patching import (
     Ablation,
     PromptPairs,
@@ -45,7 +45,7 @@ def discover(model: HookedTransformer, pairs: PromptPairs, *, task: str = "task"
              acdc_candidates: int = 200, tau: float = 0.01, acdc_metric: str = "kl", acdc_prompts: int = 16,
              curve_points: int = 10, head_sizes: Sequence[int] | None = None,
              max_curve_heads: int | None = None, edge_curves: bool = True, head_ranking: str = "mask-ig",
-             batch_size: int = 16, seed: int = 0, progress: bool = False) -> tuple[Circuit, dict[str, Any]]:
+             batch_size: int = 16, seed: int = 0, progress: bool | None = None) -> tuple[Circuit, dict[str, Any]]:
     """Find a task's circuits on `pairs` (the selection prompts) and measure their faithfulness on
     `eval_pairs` (held-out prompts; without them the selection prompts, and rows say split "select").
 

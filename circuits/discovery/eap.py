@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from circuits.discovery.graph import Graph, build_graph, kv_weights
+from circuits.discovery.graph import (
+    Graph,
+    build_graph,
+    head_writes,
+    input_norm,
+    kv_weights,
+)
 from interp.errors import InputError
 from interp.patching import (
     Ablation,
@@ -18,6 +24,7 @@ from interp.patching import (
     final_logits,
     metric_per_prompt,
 )
+from interp.progress import progress_bar
 
 # ---------------------------------------------------------------------------------------------
 # edge attribution patching
@@ -60,7 +67,7 @@ class Attribution:
 
 def attribute(model: HookedTransformer, pairs: PromptPairs, *, method: str = "eap", metric: str = "logit_diff",
               ablation: str | Ablation = "mean", steps: int = 5, batch_size: int = 16, seed: int = 0,
-              progress: bool = False) -> Attribution:
+              progress: bool | None = None) -> Attribution:
     """Score every edge of the graph with EAP or EAP-IG (`steps` interpolation points)."""
     check_metric(metric)
     if method not in ("eap", "eap-ig"):
@@ -75,12 +82,8 @@ def attribute(model: HookedTransformer, pairs: PromptPairs, *, method: str = "ea
     scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float64)
     clean_total = 0.0
     batches = list(pairs.batches(batch_size))
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=method, leave=False)
     with frozen_parameters(model):
-        for index, part in batches:
+        for index, part in progress_bar(batches, method, progress):
             part_abl = abl.select(index, part.clean.shape[1])
             s, clean = _batch_scores(model, graph, part, part_abl, method, metric, steps)
             scores += s
@@ -122,7 +125,8 @@ def _grad_run(model, graph: Graph, part: PromptPairs, abl: Ablation, alpha: floa
               clean_logprobs, want_outputs: bool = False) -> dict:
     """Forward + backward at input embedding ablated + alpha·(clean − ablated). Returns "grads"
     [n_dst, B, P, d] (∂ Σ_prompts metric / ∂ each destination's input), "metric" [B], "logprobs",
-    and with want_outputs the clean outputs "embed", "z" [L, B, P, H, dh], "mlp_out" [L, B, P, d]."""
+    and with want_outputs the clean outputs "embed" [B, P, d], "z" (per layer [B, P, H, dh]), "mlp_out"
+    (per layer [B, P, d]), each on its layer's device."""
     cfg, dev = model.cfg, model.cfg.device
     acts: dict[tuple[str, int], torch.Tensor] = {}
     outputs: dict[tuple[str, int], torch.Tensor] = {}
@@ -131,7 +135,8 @@ def _grad_run(model, graph: Graph, part: PromptPairs, abl: Ablation, alpha: floa
     def on_embed(act, hook):
         if want_outputs:
             outputs[("embed", 0)] = act.detach()
-        x = embed_abl + alpha * (act - embed_abl) if alpha != 1.0 else act
+        base = embed_abl.to(act.device)
+        x = base + alpha * (act - base) if alpha != 1.0 else act
         return x.detach().requires_grad_(True)
 
     def keep(name, layer, as_output=False):
@@ -176,26 +181,26 @@ def _grad_run(model, graph: Graph, part: PromptPairs, abl: Ablation, alpha: floa
     g = dict(zip(names, got))
     grads = torch.zeros(graph.n_dst, *part.clean.shape, cfg.d_model, device=dev, dtype=cfg.dtype)
     for l in range(cfg.n_layers):
-        attn, x = model.blocks[l].attn, acts[("resid", l)].detach()
+        attn, x, ln = model.blocks[l].attn, acts[("resid", l)].detach(), input_norm(model, l)
         W_K, W_V = kv_weights(attn)
-        q = _ln_vjp(model.blocks[l].ln1, x, torch.einsum("bphe,hde->bphd", g[("q", l)], attn.W_Q))
-        k = _ln_vjp(model.blocks[l].ln1, x, torch.einsum("bphe,hde->bphd", g[("k", l)], W_K))
-        v = _ln_vjp(model.blocks[l].ln1, x, torch.einsum("bphe,hde->bphd", g[("v", l)], W_V))
-        grads[list(graph.q_dsts(l))] = q.permute(2, 0, 1, 3)
-        grads[list(graph.k_dsts(l))] = k.permute(2, 0, 1, 3)
-        grads[list(graph.v_dsts(l))] = v.permute(2, 0, 1, 3)
-        grads[graph.mlp_dst(l)] = g[("mlp_in", l)]
-    grads[graph.end_dst] = got[-1]
+        for dsts, name, W in ((graph.q_dsts(l), "q", attn.W_Q), (graph.k_dsts(l), "k", W_K), (graph.v_dsts(l), "v", W_V)):
+            grad = _ln_vjp(ln, x, torch.einsum("bphe,hde->bphd", g[(name, l)], W))
+            grads[list(dsts)] = grad.permute(2, 0, 1, 3).to(dev)
+        grads[graph.mlp_dst(l)] = g[("mlp_in", l)].to(dev)
+    grads[graph.end_dst] = got[-1].to(dev)
     out = {"grads": grads, "metric": values.detach(), "logprobs": logprobs}
     if want_outputs:
         out["embed"] = outputs[("embed", 0)]
-        out["z"] = torch.stack([outputs[("z", l)] for l in range(cfg.n_layers)])
-        out["mlp_out"] = torch.stack([outputs[("mlp_out", l)] for l in range(cfg.n_layers)])
+        out["z"] = [outputs[("z", l)] for l in range(cfg.n_layers)]  # each on its layer's device
+        out["mlp_out"] = [outputs[("mlp_out", l)] for l in range(cfg.n_layers)]
     return out
 
 
 def _ln_vjp(ln, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """gᵀ·∂ln(x)/∂x for one residual x [B, P, d] read by several heads, g [B, P, n, d] → [B, P, n, d]."""
+    """gᵀ·∂ln(x)/∂x for one residual x [B, P, d] read by several heads, g [B, P, n, d] → [B, P, n, d]
+    (g itself when no norm sits between the residual and the projections: ln None)."""
+    if ln is None:
+        return g
     xe = x[:, :, None].expand_as(g).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         (out,) = torch.autograd.grad(ln(xe), xe, g)
@@ -203,14 +208,14 @@ def _ln_vjp(ln, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _deltas(model, graph: Graph, abl: Ablation, clean: dict) -> torch.Tensor:
-    """ablated − clean output of every source [n_src, B, P, d]."""
+    """ablated − clean output of every source [n_src, B, P, d] (a head's output: `head_writes`)."""
     cfg, dev = model.cfg, model.cfg.device
     B, P = clean["embed"].shape[:2]
     d = torch.zeros(graph.n_src, B, P, cfg.d_model, device=dev, dtype=cfg.dtype)
     d[0] = abl.embed.to(dev, cfg.dtype) - clean["embed"]
     for l in range(cfg.n_layers):
-        first = graph.head_src(l, 0)
-        dz = abl.z[l].to(dev, cfg.dtype) - clean["z"][l]
-        d[first:first + cfg.n_heads] = torch.einsum("bphe,hed->hbpd", dz, model.blocks[l].attn.W_O)
-        d[graph.mlp_src(l)] = abl.mlp_out[l].to(dev, cfg.dtype) - clean["mlp_out"][l]
+        first, z, mlp = graph.head_src(l, 0), clean["z"][l], clean["mlp_out"][l]
+        ablated = head_writes(model, l, abl.z[l].to(z.device, cfg.dtype))
+        d[first:first + cfg.n_heads] = (ablated - head_writes(model, l, z)).to(dev)
+        d[graph.mlp_src(l)] = (abl.mlp_out[l].to(mlp.device, cfg.dtype) - mlp).to(dev)
     return d

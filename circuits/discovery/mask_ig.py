@@ -34,8 +34,8 @@ def head_mask_ig(model: HookedTransformer, pairs: PromptPairs, abl: Ablation, *,
 
                 def hook(z, hook, mask=mask, part_abl=part_abl):
                     l = hook.layer()
-                    za = part_abl.z[l].to(dev, z.dtype)
-                    return za + mask[l][None, None, :, None] * (z - za)
+                    za = part_abl.z[l].to(z.device, z.dtype)
+                    return za + mask[l].to(z.device)[None, None, :, None] * (z - za)
 
                 with torch.enable_grad():
                     end = model.run_with_hooks(part.clean.to(dev), stop_at_layer=cfg.n_layers,
