@@ -10,17 +10,24 @@ import json
 
 import pytest
 import torch
+from conftest import no_network
 
 import interp
-from circuits.discovery import attribute, build_graph, run_with_edges
+from circuits.discovery import acdc, attribute, build_graph, discover, run_with_edges
 from circuits.heads import head_type_scores
 from circuits.sinks import sink_scores
-from conftest import no_network
 from interp import InputError
 from interp.kernel_attention import layer_windows, unsupported_features
 from interp.loading import parity_of
-from interp.patching import PromptPairs, ablation_values, run_last_logits
-from tests.tiny import ROPE_THRESHOLD, WINDOW, save_tiny_hf, tiny_hf_configs, tiny_tokenizer
+from interp.patching import PromptPairs, ablation_values
+from tests import edge_reference
+from tests.tiny import (
+    ROPE_THRESHOLD,
+    WINDOW,
+    save_tiny_hf,
+    tiny_hf_configs,
+    tiny_tokenizer,
+)
 
 ARCHS = list(tiny_hf_configs())
 LONG = ROPE_THRESHOLD + 16  # tokens: past the rope-scaling threshold and every sliding window
@@ -132,28 +139,146 @@ def test_every_analysis_runs_and_agrees_with_the_eager_pattern(label, loaded, to
     _check_eap(model)
 
 
-def _check_eap(model):
-    """Edge-level runs reproduce the model's own clean and corrupted forwards; EAP scores every edge.
-    Discovery's graph needs sequential blocks writing straight into the residual stream: parallel
-    attention+MLP (GPT-J, NeoX, Phi) and post-norms (Gemma 2/3, OLMo 3) are refused in one line instead."""
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    cfg = model.cfg
-    if cfg.parallel_attn_mlp or cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        with pytest.raises(InputError, match="circuit discovery needs sequential attention"):
-            build_graph(model)
-        return
+def _eap_pairs(model, n: int = 4, length: int = 6):
     g = torch.Generator().manual_seed(3)
-    clean, corrupt = (torch.randint(3, model.cfg.d_vocab, (4, 6), generator=g) for _ in range(2))
-    pairs = PromptPairs.from_lists(list(clean), list(corrupt), answer=[5] * 4, wrong=[7] * 4)
+    clean, corrupt = (torch.randint(3, model.cfg.d_vocab, (n, length), generator=g) for _ in range(2))
+    return PromptPairs.from_lists(list(clean), list(corrupt), answer=[5] * n, wrong=[7] * n)
+
+
+def _check_eap(model):
+    """Edge-level runs reproduce the model's own clean and corrupted forwards (TransformerLens',
+    float32, to 1e-5) and, for random edge sets, a TransformerLens-hook implementation of edge removal
+    (tests/edge_reference.py); the graph's edges are exactly the dependencies of TransformerLens' forward
+    (replacing a source's output changes a destination's input iff the edge exists: parallel blocks
+    have no head → own-MLP edge); EAP scores every edge with a finite number."""
+    pairs = _eap_pairs(model)
     abl = ablation_values(model, pairs, "corrupt")
     graph = build_graph(model)
     full = run_with_edges(model, graph, pairs, abl, graph.allowed)
     empty = run_with_edges(model, graph, pairs, abl, torch.zeros_like(graph.allowed))
-    assert torch.allclose(full, run_last_logits(model, pairs.clean, pairs.last), atol=2e-4)
-    assert torch.allclose(empty, run_last_logits(model, pairs.corrupt, pairs.last), atol=2e-4)
+    full_gap = (full - edge_reference.last_logits(model, pairs.clean, pairs.last)).abs().max().item()
+    empty_gap = (empty - edge_reference.last_logits(model, pairs.corrupt, pairs.last)).abs().max().item()
+    print(f"EDGES {model.cfg.original_architecture} {graph.n_edges} full {full_gap:.1e} empty {empty_gap:.1e}")
+    assert full_gap < 1e-5 and empty_gap < 1e-5
+    assert torch.equal(graph.allowed, edge_reference.dependencies(model, graph, pairs))
+    gen = torch.Generator().manual_seed(1)
+    for p in (0.3, 0.7):  # circuits in between: every removed edge carries its source's corrupted write
+        keep = graph.allowed & (torch.rand(graph.allowed.shape, generator=gen) < p)
+        ref = edge_reference.kept_edges_logits(model, graph, pairs, keep)
+        assert (run_with_edges(model, graph, pairs, abl, keep) - ref).abs().max() < 1e-5
     scores = attribute(model, pairs, method="eap", ablation=abl).scores
     assert torch.isfinite(scores).all() and scores.abs().max() > 0
+
+
+# the matrix's models whose blocks are not plain sequential pre-norm: parallel attention + MLP
+# (GPT-J, GPT-NeoX, Phi), post-norms (Gemma 2/3: before and after; OLMo 3: after only), and Phi-3
+NEW_KINDS = ["gpt-j", "gpt-neox", "phi", "phi3", "gemma2", "gemma3", "olmo3"]
+
+
+def test_the_new_kinds_are_the_matrix_s_parallel_and_post_norm_models(loaded):
+    kinds = {label: (edge_reference.is_parallel(loaded(label)), edge_reference.is_post_normed(loaded(label)))
+             for label in NEW_KINDS}
+    assert kinds == {"gpt-j": (True, False), "gpt-neox": (True, False), "phi": (True, False), "phi3": (False, False),
+                     "gemma2": (False, True), "gemma3": (False, True), "olmo3": (False, True)}
+    n = {label: build_graph(loaded(label)).n_edges for label in ("gpt-j", "gpt2", "gemma2", "llama")}
+    # 2 layers x 4 heads, 4 KV heads: parallel blocks lose the 2 x 4 head -> own-MLP edges
+    assert n["gpt-j"] == n["gpt2"] - 8 and n["gemma2"] == n["llama"]
+
+
+@pytest.mark.parametrize("label", NEW_KINDS)
+def test_single_edges_and_eap_match_transformer_lens(label, loaded):
+    """(1) A head's writes (post-normed: (result_h + b_O/H) / TL's hook_scale of this run · w) sum to
+    TL's hook_attn_out; (2) removing any single edge equals TL's forward with that destination's
+    input minus (clean − corrupted write of the source); (3) EAP equals autograd through TL's
+    destination hooks; (4) EAP is the derivative of the exact effect: the effect of the edge carrying
+    clean − eps·delta, divided by eps, tends to the EAP score (second-order remainder O(eps))."""
+    model = loaded(label)
+    pairs = _eap_pairs(model)
+    abl = ablation_values(model, pairs, "corrupt")
+    graph = build_graph(model)
+    clean, corrupt = edge_reference.caches(model, pairs)
+    writes = edge_reference.source_writes(model, clean)
+    heads = torch.stack([writes[graph.head_src(l, 0):graph.head_src(l, 0) + graph.n_heads].sum(0)
+                         for l in range(graph.n_layers)])
+    assert (heads - edge_reference.attn_out(model, clean)).abs().max() < 1e-5
+    deltas = writes - edge_reference.source_writes(model, corrupt)
+    src, dst = graph.allowed.nonzero(as_tuple=True)
+    gap = 0.0
+    for s, d in zip(src.tolist(), dst.tolist()):
+        keep = graph.allowed.clone()
+        keep[s, d] = False
+        ours = run_with_edges(model, graph, pairs, abl, keep)
+        gap = max(gap, (ours - edge_reference.edge_removed_logits(model, graph, pairs, deltas, s, d)).abs().max().item())
+    eap = attribute(model, pairs, method="eap", ablation=abl).scores
+    ref = edge_reference.eap_reference(model, graph, pairs, deltas)
+    eap_gap, scale = (eap - ref)[graph.allowed].abs().max().item(), ref[graph.allowed].abs().max().item()
+    print(f"SINGLE-EDGE {label} {graph.n_edges} edges: max logit gap {gap:.1e}; EAP vs autograd {eap_gap:.1e} "
+          f"(max |score| {scale:.2e})")
+    assert gap < 1e-5
+    assert eap_gap < 1e-4 * scale
+    rows = torch.arange(len(pairs))
+    base = edge_reference.last_logits(model, pairs.clean, pairs.last)
+    metric = (base[rows, 5] - base[rows, 7]).mean()
+    eps = 1e-2
+    for i in eap[src, dst].abs().argsort(descending=True)[:3].tolist():
+        s, d = int(src[i]), int(dst[i])
+        lg = edge_reference.edge_removed_logits(model, graph, pairs, eps * deltas, s, d)
+        slope = float(metric - (lg[rows, 5] - lg[rows, 7]).mean()) / eps
+        assert slope == pytest.approx(float(eap[s, d]), rel=0.05), (graph.src_names[s], graph.dst_names[d])
+
+
+def _mean_logit_diff(logits, pairs):
+    rows = torch.arange(len(pairs))
+    return float((logits[rows, pairs.answer] - logits[rows, pairs.wrong]).mean())
+
+
+@pytest.mark.parametrize("label", ["gpt-j", "gemma2"])
+def test_acdc_and_discover_run_end_to_end_on_parallel_and_post_norm_models(label, loaded):
+    """ACDC's pruned circuit and discover's edge circuit, re-evaluated with TransformerLens hooks
+    alone (tests/edge_reference.py), give the logit difference and faithfulness they report."""
+    model = loaded(label)
+    pairs = _eap_pairs(model, n=8)
+    abl = ablation_values(model, pairs, "corrupt")
+    graph = build_graph(model)
+    attribution = attribute(model, pairs, method="eap-ig", ablation=abl, steps=2)
+    result = acdc(model, attribution, pairs, abl, n_candidates=40, tau=0.02, metric="logit_diff")
+    assert result["n_kept"] <= 40 and not (result["keep"] & ~graph.allowed).any()
+    ref = edge_reference.kept_edges_logits(model, graph, pairs, result["keep"])
+    assert result["value"] == pytest.approx(_mean_logit_diff(ref, pairs), abs=1e-5)
+
+    circuit, details = discover(model, pairs, method="acdc", ablation="corrupt", steps=2, acdc_candidates=40,
+                                acdc_metric="logit_diff", tau=0.02, curve_points=4)
+    assert circuit.kind == "heads" and details["graph_edges"] == graph.n_edges
+    edges = details["edge_circuit"].edges
+    keep = torch.zeros_like(graph.allowed)
+    for e in edges:
+        keep[graph.src_names.index(e.src), graph.dst_names.index(e.dst)] = True
+    held = details["held_out_rows"]["edges"]
+    assert held["n_edges"] == len(edges) == int(keep.sum())
+    full = _mean_logit_diff(edge_reference.last_logits(model, pairs.clean, pairs.last), pairs)
+    empty = _mean_logit_diff(edge_reference.last_logits(model, pairs.corrupt, pairs.last), pairs)
+    value = _mean_logit_diff(edge_reference.kept_edges_logits(model, graph, pairs, keep), pairs)
+    assert held["logit_diff"] == pytest.approx(value, abs=1e-5)
+    assert held["value"] == pytest.approx((value - empty) / (full - empty), abs=1e-4)
+
+
+@pytest.mark.parametrize("label", ["gpt-j", "gemma2", "olmo3"])
+def test_bf16_eap_on_parallel_and_post_norm_models(label, zoo, cache):
+    """bfloat16 EAP scores are finite and the float32 run's strongest edge keeps its sign."""
+    with no_network():
+        model = interp.load_model(zoo[label][1], device="cpu", cache_dir=cache, dtype=torch.bfloat16)
+        f32 = interp.load_model(zoo[label][1], device="cpu", cache_dir=cache)
+    pairs = _eap_pairs(f32)
+    scores = attribute(model, pairs, method="eap", ablation="mean").scores
+    ref = attribute(f32, pairs, method="eap", ablation="mean").scores
+    assert torch.isfinite(scores).all()
+    top = ref.abs().flatten().argmax()
+    assert torch.sign(scores.flatten()[top]) == torch.sign(ref.flatten()[top])
+    graph = build_graph(model)
+    abl = ablation_values(model, pairs, "corrupt")
+    empty = run_with_edges(model, graph, pairs, abl, torch.zeros_like(graph.allowed)).float()
+    corrupt = edge_reference.last_logits(model, pairs.corrupt, pairs.last).float()
+    assert (empty - corrupt).abs().max() < 0.1  # bf16 rounding of the per-head split, logits of O(1)
 
 
 def test_kernel_features_are_named(loaded):
