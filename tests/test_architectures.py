@@ -162,7 +162,10 @@ def _check_eap(model):
     assert full_gap < 1e-5 and empty_gap < 1e-5
     assert torch.equal(graph.allowed, edge_reference.dependencies(model, graph, pairs))
     gen = torch.Generator().manual_seed(1)
-    for p in (0.3, 0.7):  # circuits in between: every removed edge carries its source's corrupted write
+    # Circuits in between: every removed edge carries its source's corrupted write. Only these test a
+    # post-norm's per-run scale (with every edge removed each z already is the corrupted z): a plain
+    # z·W_O split misses Gemma 2's reference by 0.15, a scale frozen at the clean run by 0.02.
+    for p in (0.3, 0.7):
         keep = graph.allowed & (torch.rand(graph.allowed.shape, generator=gen) < p)
         ref = edge_reference.kept_edges_logits(model, graph, pairs, keep)
         assert (run_with_edges(model, graph, pairs, abl, keep) - ref).abs().max() < 1e-5
@@ -224,7 +227,7 @@ def test_single_edges_and_eap_match_transformer_lens(label, loaded):
         s, d = int(src[i]), int(dst[i])
         lg = edge_reference.edge_removed_logits(model, graph, pairs, eps * deltas, s, d)
         slope = float(metric - (lg[rows, 5] - lg[rows, 7]).mean()) / eps
-        assert slope == pytest.approx(float(eap[s, d]), rel=0.05), (graph.src_names[s], graph.dst_names[d])
+        assert slope == pytest.approx(float(eap[s, d]), rel=0.02), (graph.src_names[s], graph.dst_names[d])  # 1.3 % seen
 
 
 def _mean_logit_diff(logits, pairs):
