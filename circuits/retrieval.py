@@ -144,7 +144,7 @@ class RetrievalConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
-@dataclass
+@dataclass(repr=False)  # AnalysisResult's short repr, not every DataFrame
 class RetrievalResult(AnalysisResult):
     """`table`: one row per head, columns as `RETRIEVAL_COLUMNS` says (retrieval_score, retrieval_head,
     hit_tests; echo and induction when config.echo_segment is set); `table.meta` says what ran

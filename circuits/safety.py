@@ -492,7 +492,7 @@ class SafetyConfig:
         return self.n_prompts if self.n_check is None else self.n_check
 
 
-@dataclass
+@dataclass(repr=False)  # AnalysisResult's short repr, not every DataFrame
 class SafetyResult(AnalysisResult):
     """`table`: one row per scored head (every head unless config.layers) with ships, ships_median
     and sahara_angle as `SAFETY_COLUMNS` says; `table.meta` says what ran (ablation, prompts, shared

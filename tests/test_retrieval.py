@@ -345,3 +345,10 @@ def test_retrieval_command_json_carries_the_config(smollm2, tmp_path):
     for doc in (printed, written):
         assert doc["schema"] == "interp.retrieval/1" and doc["config"] == expected
         assert len(doc["heads"]["rows"]) == 270 and doc["masking"] is None
+
+
+def test_retrieval_result_repr_is_short(worded):
+    prompts = random_prompts([12], seed=21)
+    result = R.retrieval_scores(worded, [_needle(prompts[0], "w1 w2")], max_new_tokens=2)
+    assert repr(result) == ("RetrievalResult(model='tiny-gqa', heads=12, metrics=['retrieval_score', "
+                            "'retrieval_head', 'hit_tests'])")
