@@ -139,6 +139,7 @@ def evaluate_sae(model, sae, tokens: torch.Tensor, *, layer: int | None = None, 
                      fit_fraction=fit_fraction, seed=seed, frequency_tokens=frequency_tokens, progress=progress)[0]
 
 
+@torch.no_grad()
 def _evaluate(model, sae, tokens: torch.Tensor, *, layer: int | None, batch_size: int, dense_threshold: float,
               fit_fraction: float, seed: int, frequency_tokens: torch.Tensor | None,
               progress: bool | None) -> tuple[dict[str, Any], torch.Tensor]:
@@ -358,6 +359,7 @@ class SAEEvalResult(AnalysisResult):
                            "sae_config": self.sae_config})
 
 
+@torch.no_grad()
 def sae_eval_analysis(model, sae, config: SAEEvalConfig | None = None, *, tokens: torch.Tensor | None = None,
                       texts: Sequence[str] | None = None, progress: bool | None = None, **fields: Any) -> SAEEvalResult:
     """Evaluate one hook_z SAE: `evaluate_sae`'s metrics and the per-head table of its layer (SAEEvalResult).

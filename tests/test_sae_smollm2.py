@@ -94,3 +94,24 @@ def test_cli_eval_writes_a_report_and_rejects_a_bad_sae(smollm2, sae_dir, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and "not an SAE directory" in err and "Traceback" not in err
     assert not (tmp_path / "f").exists()
+
+
+def test_atlas_section_evaluates_the_found_sae_on_the_atlas_texts(smollm2, sae_dir, monkeypatch):
+    """The atlas section renders sae_eval_analysis on the atlas's texts packed into the SAE's contexts; its
+    JSON carries the config and the head table of the SAE's layer, which the head atlas joins."""
+    from dataclasses import asdict
+
+    from interp.head_atlas import head_tables_in
+    from interp.texts import reference_paragraphs
+    from saes.evaluate import SAEEvalConfig
+    from saes.report import atlas_section
+
+    monkeypatch.setenv("INTERP_SAE", str(sae_dir))
+    part = atlas_section(smollm2, {"texts": reference_paragraphs()[:40], "progress": False})
+    body = part["json"]
+    assert body["config"] == asdict(SAEEvalConfig(contexts=8)) and body["evaluated_on"] == "the given texts"
+    assert body["layer"] == LAYER and body["context_ids"] is None and body["metrics"]["l0"] == pytest.approx(8.0)
+    assert body["metrics"]["n_tokens"] == 8 * 64
+    table = head_tables_in(body)["heads"]
+    assert table.df["label"].tolist() == [f"L{LAYER}H{h}" for h in range(9)]
+    assert table.df["mean_share"].sum() == pytest.approx(1.0, abs=1e-6)
