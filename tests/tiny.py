@@ -3,12 +3,13 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 
-def tiny_gqa_model(seed: int = 0, n_layers: int = 3, n_heads: int = 4, n_kv: int = 2, d_vocab: int = 97) -> HookedTransformer:
+def tiny_gqa_model(seed: int = 0, n_layers: int = 3, n_heads: int = 4, n_kv: int = 2, d_vocab: int = 97,
+                   dtype: torch.dtype = torch.float32) -> HookedTransformer:
     """A Llama-like model: rotary, RMS norm, gated MLP, grouped-query attention, random weights."""
     cfg = HookedTransformerConfig(
         d_model=32, d_head=8, n_layers=n_layers, n_heads=n_heads, n_key_value_heads=n_kv, d_mlp=64,
         n_ctx=128, d_vocab=d_vocab, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-        rotary_dim=8, gated_mlp=True, final_rms=True, seed=seed, model_name="tiny-gqa", device="cpu",
+        rotary_dim=8, gated_mlp=True, final_rms=True, seed=seed, model_name="tiny-gqa", device="cpu", dtype=dtype,
     )
     model = HookedTransformer(cfg)
     with torch.no_grad():  # larger than init scale so attention is far from uniform
