@@ -8,7 +8,8 @@ Methods (all with the same ablation values, interp.patching):
   mask-ig   integrated gradients on a mask over every head's output from all heads ablated to none
             (circuits.discovery.head_mask_ig; logit_diff only)
   patching  exact activation patching: metric(clean) − metric(head ablated) (interp.patching.patch_heads)
-  dla       direct logit attribution of the change: (z_h − ablated z_h)·W_O[h] at the last position,
+  dla       direct logit attribution of the change: (z_h − ablated z_h)·W_O[h] at the last position
+            (after a post-norm: the change of the head's share of the normed output),
             through the final norm's scale of the clean run, onto W_U[answer] − W_U[wrong] (logit_diff only)
 """
 from __future__ import annotations
@@ -83,8 +84,8 @@ def direct_logit_attribution(model: HookedTransformer, pairs: PromptPairs, abl: 
             model.run_with_hooks(part.clean.to(cfg.device), fwd_hooks=hooks)
         direction = (W_U[:, part.answer] - W_U[:, part.wrong]).T  # [B, d_model]
         for l in range(cfg.n_layers):
-            dz = z_end[l] - part_abl.z[l].double()[rows, part.last]
-            out = torch.einsum("bhe,hed->bhd", dz, model.blocks[l].attn.W_O.detach().double().cpu())
+            z_abl = part_abl.z[l].double()[rows, part.last]
+            out = _write_change(model, l, z_end[l], z_abl)
             if "end" in scale:
                 out = out / scale["end"][:, :, None]
             if cfg.normalization_type in ("LN", "LNPre"):
@@ -93,3 +94,17 @@ def direct_logit_attribution(model: HookedTransformer, pairs: PromptPairs, abl: 
                 out = out * model.ln_final.w.detach().double().cpu()
             total[l] += torch.einsum("bhd,bd->h", out, direction)
     return (total / len(pairs)).float()
+
+
+def _write_change(model: HookedTransformer, layer: int, z: torch.Tensor, z_abl: torch.Tensor) -> torch.Tensor:
+    """[B, H, d_model] float64: each head's write to the residual at z [B, H, d_head] minus at z_abl.
+    After a post-norm (Gemma 2/3, OLMo 2/3) a head's write is its share of the normed attention output,
+    each run with its own norm scale (circuits.discovery.graph.head_writes); else (z − z_abl)·W_O[h]."""
+    from circuits.discovery.graph import attn_out_norm, head_writes
+
+    if attn_out_norm(model, layer) is None:
+        return torch.einsum("bhe,hed->bhd", z - z_abl, model.blocks[layer].attn.W_O.detach().double().cpu())
+    dtype, device = model.cfg.dtype, model.blocks[layer].attn.W_O.device
+    with torch.no_grad():
+        writes = [head_writes(model, layer, x.to(device, dtype)[:, None]) for x in (z, z_abl)]  # [H, B, 1, d]
+    return (writes[0] - writes[1])[:, :, 0].permute(1, 0, 2).double().cpu()

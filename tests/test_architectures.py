@@ -429,3 +429,26 @@ def test_half_precision_runs_every_analysis(dtype, zoo, cache):
     assert torch.isfinite(scores).all()
     top = ref.abs().flatten().argmax()
     assert torch.sign(scores.flatten()[top]) == torch.sign(ref.flatten()[top])
+
+
+@pytest.mark.parametrize("label", ["gemma2", "olmo3", "llama", "gpt2"])
+def test_direct_logit_attribution_of_a_layer_s_heads_sums_to_its_residual_write(label, loaded):
+    """Σ over a layer's heads of DLA = the change of what the layer's attention adds to the residual
+    (TL's hook_resid_mid − hook_resid_pre, after any post-norm), clean − corrupted, at the last
+    position, through the clean run's final-norm scale onto W_U[answer] − W_U[wrong]."""
+    from circuits.attribution import direct_logit_attribution
+
+    model = loaded(label)
+    pairs = _eap_pairs(model)
+    got = direct_logit_attribution(model, pairs, ablation_values(model, pairs, "corrupt")).double()
+    _, clean = model.run_with_cache(pairs.clean)
+    _, bad = model.run_with_cache(pairs.corrupt)
+    direction = (model.W_U[:, 5] - model.W_U[:, 7]).detach().double()
+    w = model.ln_final.w.detach().double() if hasattr(model.ln_final, "w") else 1.0  # folded into W_U
+    for layer in range(model.cfg.n_layers):
+        write = lambda c: (c[f"blocks.{layer}.hook_resid_mid"] - c[f"blocks.{layer}.hook_resid_pre"])[:, -1].double()
+        change = (write(clean) - write(bad)) / clean["ln_final.hook_scale"][:, -1].double()
+        if model.cfg.normalization_type in ("LN", "LNPre"):
+            change = change - change.mean(-1, keepdim=True)
+        ref = float(((change * w) @ direction).mean())
+        assert float(got[layer].sum()) == pytest.approx(ref, abs=1e-5 * max(1.0, abs(ref))), (label, layer)
