@@ -9,12 +9,14 @@ Work is vectorised over batch and heads; grouped-query attention views q as
 ``[B, H_kv, group, N, d]`` so K and V are never repeated. Arithmetic is float32 (float64 for
 float64 inputs) whatever the input dtype.
 
-Per chunk the forward makes one fused softmax over the score tile and reads every other
-statistic off that tile and the softmax output: the row max and its key (a blocked max:
-``amax`` over 128-key blocks, then the winning block only, since a max with indices over the
-whole tile costs ten times an ``amax`` on CPU), x = s - max in place, p = softmax(x),
-lse = max - log p_max, entropy = -log p_max - Σ p·x (one fused row dot; both terms >= 0, so
-no cancellation however large the scores), range masses as sums over key slices, out = p·v.
+Per key block the forward makes five passes over the score tile and reads every statistic off
+them: the row max and its key (a blocked max: ``amax`` over 128-key blocks, then the winning
+block only, since a max with indices over the whole tile costs ten times an ``amax`` on CPU),
+x = s - max in place, e = exp(x) (never normalised: p = e / Z), Z = Σ e, and Σ e·x (one
+batched row dot). Then lse = max + log Z, max_prob = 1 / Z (x = 0 at the max),
+entropy = log Z - Σ e·x / Z (both terms >= 0, so no cancellation however large the scores),
+range masses Σ e over key slices / Z, out = (e·v) / Z. The two tiles (scores, e) live in
+scratch buffers each worker allocates once per call, so no pass pays for a fresh allocation.
 """
 from __future__ import annotations
 
@@ -129,12 +131,21 @@ def _hidden_band(c0: int, c1: int, lo: int, hi: int, causal: bool, window: int |
     a..z-1 (relative to lo) hold hidden pairs and ``hidden`` is their ``[c1-c0, z-a]`` bool mask
     on ``device``, then whether every pair is hidden; None when every pair is visible. Built on
     the CPU so CUDA never syncs."""
+    if _all_visible(c0 - (hi - 1), (c1 - 1) - lo, causal, window):
+        return None
     mask = visible(torch.arange(c0, c1), torch.arange(lo, hi), causal, window)
     if mask is None:
         return None
     cols = (~mask).any(0).nonzero()
     a, z = int(cols[0]), int(cols[-1]) + 1
     return a, z, (~mask[:, a:z]).to(device, non_blocking=True), not bool(mask.any())
+
+
+def _all_visible(rel_min: int, rel_max: int, causal: bool, window: int | None) -> bool:
+    """Whether every query sees every key of a block whose query − key offsets span rel_min..rel_max."""
+    if causal and rel_min < 0:
+        return False
+    return window is None or max(rel_max, -rel_min) < window
 
 
 def _fill_hidden(s: torch.Tensor, band, value: float) -> None:
@@ -165,29 +176,41 @@ def row_max(s: torch.Tensor, block: int = ARGMAX_BLOCK) -> tuple[torch.Tensor, t
     return m, arg
 
 
-def _forward_chunk(q_chunk, k_range, v_range, ranges, lo, band, scale):
+def _forward_chunk(q_chunk, k_range, v_range, ranges, lo, band, scale, scratch=None):
     """Attention of one query chunk over keys ``lo .. lo+K-1``: ``(out, lse, entropy, max_prob,
     argmax, mass)`` with argmax an absolute key index and ``mass[..., r]`` the mass on range r.
-    Rows that see no key get out 0, lse -inf, entropy 0, max_prob 0, argmax -1, masses 0."""
+    Rows that see no key get out 0, lse -inf, entropy 0, max_prob 0, argmax -1, masses 0.
+    ``scratch``: two flat buffers of at least ``B·H·C·K`` elements for the score tile and e."""
     b, hkv, g, c, d = q_chunk.shape
-    s = _scores(q_chunk, k_range, scale)
+    k = k_range.shape[-2]
+    s, e = _tiles(q_chunk, k, scratch)
+    torch.matmul((q_chunk * scale).reshape(b, hkv, g * c, d), k_range.transpose(-1, -2), out=s.view(b, hkv, g * c, k))
     _fill_hidden(s, band, -math.inf)
     m, arg = row_max(s)
     ok = m > -math.inf
     s.sub_(torch.where(ok, m, 0.0)[..., None])  # x = s - max <= 0: entropy without cancellation
-    p = torch.softmax(s, dim=-1)
-    _fill_hidden(s, band, 0.0)  # p is 0 there; 0·(-inf) would be NaN in Σ p·x
-    p_max = p.gather(-1, arg[..., None]).squeeze(-1)
-    neg_log_pmax = -torch.log(p_max)  # lse - max
-    lse = m + neg_log_pmax
-    entropy = (neg_log_pmax - torch.linalg.vecdot(p, s)).clamp_(min=0.0)
-    k = s.shape[-1]
-    mass = torch.stack([p[..., min(max(a - lo, 0), k):min(max(z - lo, 0), k)].sum(-1) for a, z in ranges], -1)
-    out = torch.matmul(p.view(b, hkv, g * c, k), v_range).view(b, hkv, g, c, d)
+    torch.exp(s, out=e)
+    _fill_hidden(s, band, 0.0)  # e is 0 there; 0·(-inf) would be NaN in Σ e·x
+    z = e.sum(-1)  # >= 1 where a key is seen (e = 1 at the max)
+    e_x = torch.einsum("...k,...k->...", e, s)  # Σ e·x, without a product tile
+    log_z, inv_z = torch.log(z), 1.0 / z
+    lse = m + log_z
+    entropy = (log_z - e_x * inv_z).clamp_(min=0.0)
+    mass = torch.stack([e[..., min(max(a - lo, 0), k):min(max(zz - lo, 0), k)].sum(-1) for a, zz in ranges], -1)
+    out = torch.matmul(e.view(b, hkv, g * c, k), v_range).view(b, hkv, g, c, d)
     zero = torch.zeros((), dtype=s.dtype, device=s.device)
-    return (torch.where(ok[..., None], out, zero), torch.where(ok, lse, -math.inf),
-            torch.where(ok, entropy, zero), torch.where(ok, p_max, zero),
-            torch.where(ok, arg + lo, -1), torch.where(ok[..., None], mass, zero))
+    return (torch.where(ok[..., None], out * inv_z[..., None], zero), torch.where(ok, lse, -math.inf),
+            torch.where(ok, entropy, zero), torch.where(ok, inv_z, zero),
+            torch.where(ok, arg + lo, -1), torch.where(ok[..., None], mass * inv_z[..., None], zero))
+
+
+def _tiles(q_chunk: torch.Tensor, k: int, scratch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ``[B, H_kv, g, C, k]`` tiles (scores, e) in ``scratch``'s buffers, or fresh ones."""
+    shape = (*q_chunk.shape[:-1], k)
+    if scratch is None:
+        return tuple(torch.empty(shape, dtype=q_chunk.dtype, device=q_chunk.device) for _ in range(2))
+    n = math.prod(shape)
+    return tuple(buf[:n].view(shape) for buf in scratch)
 
 
 def _merge(acc, part):
@@ -207,7 +230,7 @@ def _merge(acc, part):
             torch.where(later, arg_b, arg_a), w_a[..., None] * mass_a + w_b[..., None] * mass_b)
 
 
-def _blocked_chunk(q_chunk, k, v, ranges, c0, c1, lo, hi, causal, window, scale, key_block, cd):
+def _blocked_chunk(q_chunk, k, v, ranges, c0, c1, lo, hi, causal, window, scale, key_block, cd, scratch=None):
     """One query chunk over keys lo..hi-1, ``key_block`` keys at a time (``_forward_chunk``
     each, merged by ``_merge``): at long N the chunk keeps enough query rows for efficient
     GEMMs while every tile stays cache-sized. Key blocks no query of the chunk sees are skipped."""
@@ -217,7 +240,7 @@ def _blocked_chunk(q_chunk, k, v, ranges, c0, c1, lo, hi, causal, window, scale,
         band = _hidden_band(c0, c1, j0, j1, causal, window, q_chunk.device)
         if band is not None and band[3]:
             continue
-        part = _forward_chunk(q_chunk, k[:, :, j0:j1].to(cd), v[:, :, j0:j1].to(cd), ranges, j0, band, scale)
+        part = _forward_chunk(q_chunk, k[:, :, j0:j1].to(cd), v[:, :, j0:j1].to(cd), ranges, j0, band, scale, scratch)
         result = part if result is None else _merge(result, part)
     if result is None:  # no query of the chunk sees any key (window 0: not reachable through the API)
         b, hkv, g, c, d = q_chunk.shape
@@ -249,12 +272,25 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
 
     plan = chunks(b * h, n, causal, window, chunk_size, min_rows=MIN_ROWS)
 
-    def one_chunk(c0: int, c1: int, _worker: int) -> None:
+    def key_block(c0: int, c1: int) -> int:
         lo, hi = key_bounds(c0, c1, n, causal, window)
-        key_block = DEFAULT_TILE_ELEMENTS // (b * h * (c1 - c0)) // ARGMAX_BLOCK * ARGMAX_BLOCK
-        key_block = max(1, hi - lo) if chunk_size is not None else max(ARGMAX_BLOCK, key_block)
+        if chunk_size is not None:
+            return max(1, hi - lo)
+        return max(ARGMAX_BLOCK, DEFAULT_TILE_ELEMENTS // (b * h * (c1 - c0)) // ARGMAX_BLOCK * ARGMAX_BLOCK)
+
+    def tile_of(c0: int, c1: int) -> int:  # elements of the chunk's largest key-block tile
+        lo, hi = key_bounds(c0, c1, n, causal, window)
+        return b * h * (c1 - c0) * min(key_block(c0, c1), max(1, hi - lo))
+
+    tile = max(tile_of(c0, c1) for c0, c1 in plan)
+    scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def one_chunk(c0: int, c1: int, worker: int) -> None:
+        if worker not in scratch:  # two tiles per worker thread, reused by every key block it runs
+            scratch[worker] = tuple(torch.empty(tile, dtype=cd, device=dev) for _ in range(2))
+        lo, hi = key_bounds(c0, c1, n, causal, window)
         res = _blocked_chunk(qg[:, :, :, c0:c1].to(cd), k, v, mass_ranges, c0, c1, lo, hi, causal, window, scale,
-                             key_block, cd)
+                             key_block(c0, c1), cd, scratch[worker])
         for view, value in zip(views, res):
             view[:, :, :, c0:c1] = value
 
