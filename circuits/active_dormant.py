@@ -124,7 +124,7 @@ class DormantConfig:
     check: bool = True            # ablate each switching head where dormant and where active
 
 
-@dataclass
+@dataclass(repr=False)  # AnalysisResult's short repr, not every DataFrame
 class DormantResult(AnalysisResult):
     """`table`, one row per head: `max_sink_mass` and `min_norm_ratio` over the domains, `dormant_domains`
     (how many domains it is dormant on), `switching` (1 when dormant on some and active on others),

@@ -181,7 +181,7 @@ class HeadTypesConfig:
     method: str = "auto"    # eager | kernel | auto (see the module docstring)
 
 
-@dataclass
+@dataclass(repr=False)  # AnalysisResult's short repr, not every DataFrame
 class HeadTypesResult(AnalysisResult):
     """`table`: per head `previous_token`, `duplicate_token`, `induction` and `echo` scores (fraction of
     attention on the pairs each type predicts, 0-1). `segment`: the random block length used."""

@@ -215,7 +215,7 @@ class SinksConfig:
     hidden_texts: int = 8           # texts used for hidden sinks and massive activations
 
 
-@dataclass
+@dataclass(repr=False)  # AnalysisResult's short repr, not every DataFrame
 class SinksResult(AnalysisResult):
     """`table`: per head `alpha` (mean alpha_k over samples) and `sink_rate` (share of samples with
     alpha_k > eps); `hidden`: ACT's later-token sinks (one row per (text, head, token)); `extreme`:
