@@ -39,9 +39,8 @@ from interp.errors import InputError
 
 ROTARY_ROWS = 2048  # TransformerLens' initial rotary cache (grown to the longest sequence seen)
 # float32 tile-sized buffers alive at the fused path's peak: the reference backend's two scratch tiles per worker
-# (scores, exp) and about two more of merges, per-row results and allocator slack (calibrated on SmolLM2 at
-# 1024 tokens, CPU, 1 thread: 35.2 MiB estimated, 36.0 measured)
-TILE_BUFFERS = 4
+# (scores, exp); merges and per-row results are row-sized (calibrated on SmolLM2 at 1024 tokens, CPU, 1 thread)
+TILE_BUFFERS = 2
 USABLE = 0.9  # of a device's memory: what the allocator, CUDA context and fragmentation leave
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 _UNGATED = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "phi"}
