@@ -31,13 +31,18 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from interp.circuit import Circuit
 from interp.errors import InputError
 from interp.head_ids import HeadId
+from interp.head_table import HeadTable
 from interp.patching import PromptPairs
+from interp.results import AnalysisResult, frame_records, json_ready
 
 # Wang et al.'s BABA templates ({A} = first-named, {B} = second-named, {S} = the subject again;
 # the prompt ends before the final IO name).
@@ -559,63 +564,199 @@ def mib_table(model: HookedTransformer, select: TaskData, held: TaskData, *,
     return rows
 
 
-def ioi_analysis(model: HookedTransformer, *, n_prompts: int = 48, n_eval: int | None = None, method: str = "eap",
-                 seed: int = 0, steps: int = 5, target: float = 0.8, tau: float = 0.01, acdc_candidates: int = 200,
-                 checks: bool = True, patching_prompts: int = 16, reuse_prompts: int = 32, curve_points: int = 10,
-                 edge_curves: bool = True, role_prompts: int = 16, mib: bool = True, mib_prompts: int = 24,
-                 progress: bool = False) -> dict:
+# ---------------------------------------------------------------------------------------------
+# the analysis: IOI end to end, as one typed result
+
+
+@dataclass(frozen=True)
+class IOIConfig:
+    """Options of `ioi_analysis` (recorded whole in its JSON)."""
+
+    n_prompts: int = 48            # selection-split prompts (the circuit is chosen on them)
+    n_eval: int | None = None      # held-out (eval-split) prompts; None: as many as n_prompts
+    method: str = "eap"            # discovery method: eap | eap-ig | acdc | patching
+    seed: int = 0
+    steps: int = 5                 # integration steps of EAP-IG and mask-IG
+    target: float = 0.8            # faithfulness the circuit must reach
+    tau: float = 0.01              # ACDC threshold on the metric change (KL, nats)
+    acdc_candidates: int = 200     # ACDC prunes this many top EAP-IG edges
+    checks: bool = True            # EAP vs exact patching, ranking stability, reuse with capitals (and MIB)
+    patching_prompts: int = 16     # selection prompts scored by exact patching (checks, MIB)
+    reuse_prompts: int = 32        # capitals prompts per split (component reuse)
+    curve_points: int = 10         # sizes on the faithfulness curves
+    edge_curves: bool = True       # also the edge circuit's curves (EAP / EAP-IG)
+    role_prompts: int = 16         # held-out prompts for the role evidence (half as many, at least 4, for S-inhibition)
+    mib: bool = True               # with checks: MIB's CPR / CMD for EAP, EAP-IG and exact patching, both tasks
+    mib_prompts: int = 24          # held-out prompts the MIB curves are measured on
+
+
+@dataclass
+class IOIResult(AnalysisResult):
+    """`ioi_analysis`'s result. `table`, one row per head of the model:
+
+    - `score`: the discovery method's head score on the selection split (`details["head_scores"]`; for EAP
+      the sum of the head's outgoing edge attributions): the loss of logit(IO) − logit(S), in logits per
+      prompt, when the head's output is mean-ablated to the ABC reference, so positive = the head helps
+      (circuits.attribution.head_attribution's sign);
+    - `mask_ig`: the mask-IG head score (same units and sign) whose ranking chooses the head circuit
+      (`details["ranking"]`, largest first);
+    - `in_circuit`: whether the head is one of the circuit's heads (the first `targets["circuit_heads"]`
+      of that ranking);
+    - `role`: its IOI role (ROLES, evidence in `roles`) for circuit heads, None for the others;
+    - with checks, `exact_patching`: clean − mean-ablated logit difference over the first
+      `patching_prompts` selection prompts (logits, positive = helps).
+
+    Extras: `circuit` (the head circuit, faithfulness measured on held-out prompts), `baseline` /
+    `eval_baseline` (the full model on each split), `targets` (circuit size and held-out faithfulness
+    against the targets, plus the checks' numbers), `details` (what `circuits.discovery.discover`
+    returned), `roles` (one row per circuit head: role and evidence), `name_movers` (heads of the whole
+    model meeting the name-mover rule), `params` (what the prompts and the ablation were), `examples`
+    (four selection prompts with their ABC corruption) and, with checks, `patching` (EAP vs exact
+    patching grids), `stability`, `reuse` (the capitals task) and, with mib, `mib` (one row per task,
+    method and level)."""
+
+    circuit: Circuit
+    baseline: dict[str, float]
+    eval_baseline: dict[str, float]
+    targets: dict[str, Any]
+    details: dict[str, Any]
+    roles: pd.DataFrame
+    name_movers: list[str]
+    params: dict[str, Any]
+    examples: list[dict[str, str]]
+    patching: dict[str, Any] | None = None
+    stability: dict[str, Any] | None = None
+    reuse: dict[str, Any] | None = None
+    mib: list[dict[str, Any]] | None = None
+
+    KIND: ClassVar[str] = "ioi"
+    VERSION: ClassVar[int] = 2
+
+    @property
+    def edge_circuit(self) -> Circuit | None:
+        """The edge circuit (EAP / EAP-IG / ACDC with edge curves), None otherwise."""
+        return self.details.get("edge_circuit")
+
+    def extras(self) -> dict[str, Any]:
+        d = self.details
+        body: dict[str, Any] = {
+            "params": self.params, "baseline": self.baseline, "eval_baseline": self.eval_baseline,
+            "targets": self.targets, "circuit": self.circuit.to_dict(), "roles": frame_records(self.roles),
+            "name_movers": self.name_movers, "head_scores": d["head_scores"], "examples": self.examples}
+        if self.edge_circuit is not None:
+            body["edge_circuit"] = self.edge_circuit.to_dict()
+        if "acdc" in d:
+            body["acdc"] = d["acdc"]
+        if self.patching is not None:
+            body["patching"] = self.patching
+        if self.stability is not None:
+            body["stability"] = self.stability
+        if self.reuse is not None:
+            body["reuse"] = self.reuse
+        if self.mib is not None:
+            body["mib"] = self.mib
+        return json_ready(body)
+
+
+def ioi_table(model: HookedTransformer, details: dict[str, Any], roles: pd.DataFrame, n_circuit: int, *,
+              method: str, exact: torch.Tensor | None = None) -> HeadTable:
+    """The per-head table of `IOIResult` (its doc) from `discover`'s details, the roles and the exact
+    patching grid [layer, head] (or None). Scores stay float64 (numpy arrays into the table)."""
+    cfg = model.cfg
+    grids = {"score": details["head_scores"]}
+    if "head_rank_scores" in details:
+        grids["mask_ig"] = details["head_rank_scores"]
+    if exact is not None:
+        grids["exact_patching"] = exact
+    metrics = {k: v.detach().double().cpu().numpy() for k, v in grids.items()}
+    meta = {"analysis": "ioi", "method": method, "ranking": "mask-ig" if "mask_ig" in metrics else "score",
+            "metric": "logit(IO) - logit(S), logits per prompt", "n_prompts": details["n_prompts"],
+            "split": "select", "ablation": details["ablation"], "sign": "positive = the head helps the logit difference"}
+    df = HeadTable.from_arrays(metrics, model=cfg.model_name).df
+    chosen = {tuple(h) for h in details["ranking"][:n_circuit]}
+    df["in_circuit"] = [(int(l), int(h)) in chosen for l, h in zip(df["layer"], df["head"])]
+    role_of = {(int(r.layer), int(r.head)): r.role for r in roles.itertuples()} if len(roles) else {}
+    df["role"] = [role_of.get((int(l), int(h))) for l, h in zip(df["layer"], df["head"])]
+    return HeadTable(df, model=cfg.model_name, meta=meta)
+
+
+def ioi_analysis(model: HookedTransformer, config: IOIConfig | None = None, *, progress: bool | None = None,
+                 **fields: Any) -> IOIResult:
     """IOI end to end: the select and eval splits (disjoint templates, names, places, objects), the
     baseline, circuits selected on the select split (discovery engine, mean ablation over each split's
     ABC reference prompts) with every reported faithfulness measured on the eval split, head roles
     with evidence and, with `checks`: head scores of EAP vs exact activation patching (same sign,
     Spearman), ranking stability across the two splits (top-20 Jaccard), component reuse with the
     capitals task, and with `mib` MIB's CPR / CMD for EAP, EAP-IG and exact patching on both tasks
-    (curves on the first `mib_prompts` held-out prompts)."""
+    (curves on the first `mib_prompts` held-out prompts). `fields` are IOIConfig fields, for
+    `ioi_analysis(model, n_prompts=16, checks=False)`. → IOIResult (its doc lists the table's columns)."""
     from circuits.discovery import discover
-    from interp.patching import patch_heads
 
+    c = config or IOIConfig(**fields)
     cfg = model.cfg
     n_all = cfg.n_layers * cfg.n_heads
-    data = ioi_dataset(model, n_prompts, seed=seed, split="select")
-    held = ioi_dataset(model, n_eval or n_prompts, seed=seed, split="eval")
-    base = baseline(model, data)
-    held_base = baseline(model, held)
+    data = ioi_dataset(model, c.n_prompts, seed=c.seed, split="select")
+    held = ioi_dataset(model, c.n_eval or c.n_prompts, seed=c.seed, split="eval")
+    base, held_base = baseline(model, data), baseline(model, held)
     abl, held_abl = data.ablation(model), held.ablation(model)
-    circuit, details = discover(model, data.pairs, eval_pairs=held.pairs, task="ioi", method=method, ablation=abl,
-                                eval_ablation=held_abl, steps=steps, target=target, tau=tau,
-                                acdc_candidates=acdc_candidates, curve_points=curve_points, edge_curves=edge_curves,
-                                seed=seed, progress=progress)
+    circuit, details = discover(model, data.pairs, eval_pairs=held.pairs, task="ioi", method=c.method, ablation=abl,
+                                eval_ablation=held_abl, steps=c.steps, target=c.target, tau=c.tau,
+                                acdc_candidates=c.acdc_candidates, curve_points=c.curve_points,
+                                edge_curves=c.edge_curves, seed=c.seed, progress=progress)
     heads = circuit.heads
-    roles = classify_roles(model, held, heads, n_evidence=role_prompts, n_inhibition=max(4, role_prompts // 2), seed=seed)
+    roles = classify_roles(model, held, heads, n_evidence=c.role_prompts, n_inhibition=max(4, c.role_prompts // 2),
+                           seed=c.seed)
     for row in roles.to_dict(orient="records"):
         circuit.evidence[HeadId(row["layer"], row["head"]).node].update(
             {k: v for k, v in row.items() if k not in ("label", "layer", "head")})
+    targets = _targets(details, len(heads), n_all, c.target)
+    params = _params(c, data, held)
+    examples = [{"clean": a, "corrupt": b} for a, b in zip(data.prompts[:4], data.corrupt_prompts[:4])]
+    parts: dict[str, Any] = {}
+    if c.checks:
+        parts = _checks(model, c, data, held, abl, heads, targets, progress)
+    exact = parts["patching"]["exact"] if "patching" in parts else None
+    table = ioi_table(model, details, roles, len(heads), method=c.method, exact=exact)
+    return IOIResult(table, c, circuit, base, held_base, targets, details, roles,
+                     list(roles.attrs.get("name_movers", [])), params, examples, **parts)
+
+
+def _targets(details: dict[str, Any], n_circuit: int, n_all: int, target: float) -> dict[str, Any]:
+    """Circuit size and held-out faithfulness against the targets (≤ 15 % of heads, ≥ target)."""
     eval_rows = details["head_curve_eval"]
     chosen, held_row = details["head_circuit"], details["held_out_rows"]["heads"]
     at_15 = max((r for r in eval_rows if r["n_heads"] <= 0.15 * n_all), key=lambda r: r["n_heads"], default=None)
     smallest_held = next((r for r in eval_rows if r["value"] >= target), None)
-    targets = {"n_heads_total": n_all, "circuit_heads": len(heads), "circuit_head_fraction": len(heads) / n_all,
-               "circuit_faithfulness": held_row["value"], "circuit_ratio": held_row["ratio"],
-               "selection_faithfulness": chosen["value"], "reaches_target": held_row["value"] >= target,
-               "best_within_15pct": at_15, "smallest_reaching_target_held_out": smallest_held}
-    out = {"params": {"n_prompts": n_prompts, "n_eval": len(held.pairs), "method": method, "seed": seed,
-                      "steps": steps, "target": target, "tau": tau, "acdc_candidates": acdc_candidates,
-                      "ablation": f"mean over {data.meta['abc_per_template']} ABC prompts per template, from each "
-                      "split's own names", "templates": data.meta["n_templates"],
-                      "eval_templates": held.meta["n_templates"], "vocab": data.meta["vocab"],
-                      "eval_vocab": held.meta["vocab"],
-                      "faithfulness": "(m(C) - m(empty)) / (m(full) - m(empty)) of the logit difference, on the "
-                      "eval split (templates, names, places and objects disjoint from the select split)"},
-           "baseline": base, "eval_baseline": held_base, "circuit": circuit, "details": details, "roles": roles,
-           "targets": targets,
-           "examples": [{"clean": c, "corrupt": x} for c, x in zip(data.prompts[:4], data.corrupt_prompts[:4])]}
-    if not checks:
-        return out
-    from circuits.attribution import head_attribution
+    return {"n_heads_total": n_all, "circuit_heads": n_circuit, "circuit_head_fraction": n_circuit / n_all,
+            "circuit_faithfulness": held_row["value"], "circuit_ratio": held_row["ratio"],
+            "selection_faithfulness": chosen["value"], "reaches_target": held_row["value"] >= target,
+            "best_within_15pct": at_15, "smallest_reaching_target_held_out": smallest_held}
 
+
+def _params(c: IOIConfig, data: TaskData, held: TaskData) -> dict[str, Any]:
+    """What the prompts and the ablation were (the JSON's `params`)."""
+    return {"n_prompts": c.n_prompts, "n_eval": len(held.pairs), "method": c.method, "seed": c.seed,
+            "steps": c.steps, "target": c.target, "tau": c.tau, "acdc_candidates": c.acdc_candidates,
+            "ablation": f"mean over {data.meta['abc_per_template']} ABC prompts per template, from each "
+            "split's own names", "templates": data.meta["n_templates"],
+            "eval_templates": held.meta["n_templates"], "vocab": data.meta["vocab"],
+            "eval_vocab": held.meta["vocab"],
+            "faithfulness": "(m(C) - m(empty)) / (m(full) - m(empty)) of the logit difference, on the "
+            "eval split (templates, names, places and objects disjoint from the select split)"}
+
+
+def _checks(model: HookedTransformer, c: IOIConfig, data: TaskData, held: TaskData, abl, heads, targets: dict,
+            progress: bool | None) -> dict[str, Any]:
+    """EAP vs exact patching, ranking stability, reuse with capitals and MIB; adds their numbers to
+    `targets` and returns the IOIResult fields patching, stability, reuse (and mib)."""
+    from circuits.attribution import head_attribution
+    from circuits.discovery import discover
+    from interp.patching import patch_heads
+
+    cfg = model.cfg
     # head scores of EAP vs exact activation patching: same prompts and ablation values, one sign
     # (on selection prompts, so the patching scores serve MIB's exact-patching row too)
-    sub = data.pairs.select(slice(0, min(patching_prompts, len(data.pairs))))
+    sub = data.pairs.select(slice(0, min(c.patching_prompts, len(data.pairs))))
     sub_abl = abl.select(slice(0, len(sub)), sub.clean.shape[1])
     eap = head_attribution(model, sub, method="eap", ablation=sub_abl)
     exact = patch_heads(model, sub, ablation=sub_abl, progress=progress)["effect"].view(cfg.n_layers, cfg.n_heads)
@@ -623,16 +764,16 @@ def ioi_analysis(model: HookedTransformer, *, n_prompts: int = 48, n_eval: int |
     targets["spearman_eap_vs_patching"] = spearman(eap_grid, exact)
     big = exact.abs() >= 0.1 * float(exact.abs().max())
     targets["sign_agreement_large_heads"] = float(((eap_grid[big] > 0) == (exact[big] > 0)).float().mean())
-    out["patching"] = {"eap": eap_grid, "exact": exact, "n_prompts": len(sub)}
+    out: dict[str, Any] = {"patching": {"eap": eap_grid, "exact": exact, "n_prompts": len(sub)}}
     # stability: the select and eval splits are disjoint prompt sets
     out["stability"] = ranking_stability(model, data, held, k=20)
     targets["top20_jaccard"] = out["stability"]["top_k_jaccard"]
     # component reuse with the capitals task (its own select / eval split)
-    caps, caps_held = (capitals_dataset(model, reuse_prompts, seed=seed, split=sp) for sp in ("select", "eval"))
+    caps, caps_held = (capitals_dataset(model, c.reuse_prompts, seed=c.seed, split=sp) for sp in ("select", "eval"))
     caps_base = baseline(model, caps_held)
     caps_circuit, caps_details = discover(model, caps.pairs, eval_pairs=caps_held.pairs, task="capitals",
-                                          method="eap", ablation="mean", target=target, curve_points=curve_points,
-                                          edge_curves=False, seed=seed, progress=progress)
+                                          method="eap", ablation="mean", target=c.target, curve_points=c.curve_points,
+                                          edge_curves=False, seed=c.seed, progress=progress)
     ioi_heads, caps_heads = set(heads), set(caps_circuit.heads)
     k = len(ioi_heads)
     top_caps = set(top_heads(caps_details["head_scores"], k))
@@ -643,13 +784,15 @@ def ioi_analysis(model: HookedTransformer, *, n_prompts: int = 48, n_eval: int |
                     "jaccard": jaccard(ioi_heads, caps_heads),
                     "top_k_shared": len(ioi_heads & top_caps) / max(1, k), "k": k,
                     "faithfulness": caps_circuit.faithfulness}
-    if mib:
-        def first(d: TaskData, n: int) -> TaskData:
-            part = d.pairs.select(slice(0, min(n, len(d.pairs))))
-            return TaskData(d.task, d.prompts[:n], d.corrupt_prompts[:n], part, d.positions[:n], d.meta, d.reference)
-
-        out["mib"] = mib_table(model, data, first(held, mib_prompts), steps=steps, patching_prompts=patching_prompts,
-                               precomputed={"patching": exact})
-        out["mib"] += mib_table(model, caps, first(caps_held, mib_prompts), steps=steps,
-                                patching_prompts=patching_prompts)
+    if c.mib:
+        out["mib"] = mib_table(model, data, _first(held, c.mib_prompts), steps=c.steps,
+                               patching_prompts=c.patching_prompts, precomputed={"patching": exact})
+        out["mib"] += mib_table(model, caps, _first(caps_held, c.mib_prompts), steps=c.steps,
+                                patching_prompts=c.patching_prompts)
     return out
+
+
+def _first(d: TaskData, n: int) -> TaskData:
+    """The task's first `n` prompts (same reference prompts for mean ablation)."""
+    part = d.pairs.select(slice(0, min(n, len(d.pairs))))
+    return TaskData(d.task, d.prompts[:n], d.corrupt_prompts[:n], part, d.positions[:n], d.meta, d.reference)

@@ -226,3 +226,89 @@ def test_role_evidence_is_the_attention_and_direct_effect_the_model_computes():
     ref = (scaled * direction[None]).sum(-1).mean(-1).view(2, -1).detach()
     assert float(ref.abs().max()) > 1e-3
     assert ev["dla_logit_diff"] == pytest.approx(ref, abs=1e-5)
+
+
+# a small analysis: 4 + 4 prompts, no checks, head curves only (about 30 s on two CPU cores)
+SMALL = {"n_prompts": 4, "n_eval": 4, "checks": False, "curve_points": 4, "edge_curves": False, "role_prompts": 4}
+TABLE_COLUMNS = ["score", "mask_ig", "in_circuit", "role"]
+
+
+@pytest.fixture(scope="module")
+def small_ioi(smollm2):
+    from circuits.ioi import ioi_analysis
+
+    return ioi_analysis(smollm2, progress=False, **SMALL)
+
+
+@pytest.mark.slow
+def test_ioi_analysis_is_one_typed_result_whose_json_carries_its_config(small_ioi, tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from circuits.ioi import IOIConfig, IOIResult
+    from interp import HeadTable
+
+    assert isinstance(small_ioi, IOIResult) and small_ioi.config == IOIConfig(**SMALL)
+    small_ioi.to_json(tmp_path / "ioi.json")  # allow_nan=False: NaN would raise
+    body = json.loads((tmp_path / "ioi.json").read_text())
+    assert json.loads(json.dumps(small_ioi.to_dict(), allow_nan=False)) == body
+    assert body["schema"] == "interp.ioi/2" and body["config"] == asdict(IOIConfig(**SMALL))
+    for key in ("params", "baseline", "eval_baseline", "targets", "circuit", "roles", "name_movers", "head_scores",
+                "examples"):
+        assert key in body, key
+    again = HeadTable.from_dict(body["heads"])
+    assert len(again) == 270 and again.metrics == TABLE_COLUMNS
+    assert again["score"].to_numpy() == pytest.approx(small_ioi.table["score"].to_numpy(), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_ioi_table_has_one_row_per_head_with_the_circuit_the_roles_and_the_sign(small_ioi, smollm2):
+    """in_circuit marks exactly the circuit's heads, the largest by mask_ig; role is the roles table's; and
+    positive score = helps: the top-scored head lowers the logit difference under exact activation
+    patching (TransformerLens forwards with its output mean-ablated)."""
+    from circuits.ioi import ioi_dataset
+    from interp.patching import patch_heads
+
+    df = small_ioi.table.df
+    assert len(df) == smollm2.cfg.n_layers * smollm2.cfg.n_heads and small_ioi.table.metrics == TABLE_COLUMNS
+    circuit = {(int(r.layer), int(r.head)) for r in df[df["in_circuit"]].itertuples()}
+    assert circuit == set(small_ioi.circuit.heads) and len(circuit) == small_ioi.targets["circuit_heads"]
+    top_mask_ig = df.nlargest(len(circuit), "mask_ig")
+    assert {(int(r.layer), int(r.head)) for r in top_mask_ig.itertuples()} == circuit
+    roles = {(int(r.layer), int(r.head)): r.role for r in small_ioi.roles.itertuples()}
+    assert {(int(r.layer), int(r.head)): r.role for r in df[df["in_circuit"]].itertuples()} == roles
+    assert df.loc[~df["in_circuit"], "role"].isna().all()
+    top = df.loc[df["score"].idxmax()]
+    data = ioi_dataset(smollm2, SMALL["n_prompts"], seed=0, split="select")
+    exact = patch_heads(smollm2, data.pairs, ablation=data.ablation(smollm2), heads=[(int(top["layer"]), int(top["head"]))])
+    assert float(exact["effect"][0]) > 0
+
+
+@pytest.mark.slow
+def test_ioi_command_json_carries_the_config_and_the_head_table(smollm2, tmp_path, monkeypatch, capsys):
+    """`interp ioi` end to end in-process (the loaded SmolLM2 stands in for a second load): ioi.json and
+    --json carry the config whole, the per-head table joins the head atlas, the roles label heads."""
+    import json
+    from dataclasses import asdict
+
+    import interp.loading
+    from circuits.ioi import IOIConfig
+    from circuits.taxonomy import ioi_labels
+    from interp.cli import main
+    from interp.head_atlas import head_tables_in
+
+    monkeypatch.setattr(interp.loading, "load_model", lambda *a, **kw: smollm2)
+    capsys.readouterr()
+    out = tmp_path / "ioi"
+    code = main(["ioi", "--n-prompts", "4", "--no-checks", "--curve-points", "4", "--no-edge-curves", "--out", str(out),
+                 "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    config = IOIConfig(n_prompts=4, checks=False, curve_points=4, edge_curves=False)
+    assert code == 0 and doc["schema"] == "interp.ioi/2" and doc["config"] == asdict(config)
+    written = json.loads((out / "ioi.json").read_text())
+    assert written["schema"] == "interp.ioi/2" and written["config"] == asdict(config)
+    tables = head_tables_in(written)
+    assert list(tables) == ["heads"] and len(tables["heads"]) == 270
+    labels = ioi_labels(written)
+    assert sorted(x.head for x in labels) == sorted(r["label"] for r in written["roles"]) and labels
+    assert (out / "ioi_heads.csv").is_file() and (out / "ioi.html").is_file() and (out / "circuit.json").is_file()
