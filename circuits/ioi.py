@@ -590,7 +590,7 @@ class IOIConfig:
     mib_prompts: int = 24          # held-out prompts the MIB curves are measured on
 
 
-@dataclass
+@dataclass(repr=False)  # AnalysisResult's short repr, not every DataFrame
 class IOIResult(AnalysisResult):
     """`ioi_analysis`'s result. `table`, one row per head of the model:
 

@@ -323,7 +323,7 @@ class SAEEvalConfig:
     distinct_cos: float = 0.5       # polysemanticity: owned features write different directions below this mean |cos|
 
 
-@dataclass
+@dataclass(repr=False)  # AnalysisResult's short repr, not every DataFrame
 class SAEEvalResult(AnalysisResult):
     """`sae_eval_analysis`'s result. `table`: one row per head of the SAE's layer only (an SAE on
     blocks.L.attn.hook_z says nothing of other layers' heads, so their rows are absent; the head atlas
