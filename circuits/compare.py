@@ -5,44 +5,53 @@ Models differ in depth, so per-layer curves are drawn against relative depth (la
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
-import typer
 
-from circuits.active_dormant import active_dormant
+from circuits.active_dormant import DormantResult, active_dormant
 from circuits.heads import head_type_scores, repeated_random_tokens
 from circuits.sinks import extreme_tokens, sink_scores
 from circuits.taxonomy import TAXONOMIES, dormant_labels
-from interp.cli import DEVICE, JSON, OUT, SEED, check_model, emit, load_cli_model
-from interp.errors import InputError
 from interp.head_atlas import HeadAtlas
-from interp.results import frame_records
-from interp.texts import sample_texts
+from interp.head_table import HeadTable
 
 
-def model_taxonomy(model, texts: Sequence[str], *, seed: int = 0, dormant_texts: int = 3, progress: bool | None = None) -> dict:
+@dataclass
+class ModelTaxonomy:
+    """One model's head taxonomy: `card` (name, n_layers, n_heads, n_key_value_heads), `sinks` (HeadTable:
+    alpha, sink_rate), `extreme` (value drain / residual peak per layer), `types` (HeadTable: duplicate_token,
+    induction) and `dormant` (the active-dormant result)."""
+
+    card: dict[str, Any]
+    sinks: HeadTable
+    extreme: pd.DataFrame
+    types: HeadTable
+    dormant: DormantResult
+
+
+def model_taxonomy(model, texts: Sequence[str], *, seed: int = 0, dormant_texts: int = 3,
+                   progress: bool | None = None) -> ModelTaxonomy:
     """One model's sink table, extreme tokens, head types and active-dormant result."""
     induction_input = repeated_random_tokens(model, 128, batch=4, seed=seed)
-    return {
-        "card": {"name": model.cfg.model_name, "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
-                 "n_key_value_heads": model.cfg.n_key_value_heads or model.cfg.n_heads},
-        "sinks": sink_scores(model, texts, progress=progress),
-        "extreme": extreme_tokens(model, texts, max_tokens=128, progress=progress),
-        "types": head_type_scores(model, induction_input, kinds=("duplicate_token", "induction")),
-        "dormant": active_dormant(model, n=dormant_texts, max_tokens=96, seed=seed, progress=progress),
-    }
+    card = {"name": model.cfg.model_name, "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
+            "n_key_value_heads": model.cfg.n_key_value_heads or model.cfg.n_heads}
+    return ModelTaxonomy(
+        card, sink_scores(model, texts, progress=progress),
+        extreme_tokens(model, texts, max_tokens=128, progress=progress),
+        head_type_scores(model, induction_input, kinds=("duplicate_token", "induction")),
+        active_dormant(model, n=dormant_texts, max_tokens=96, seed=seed, progress=progress))
 
 
-def summary_row(result: dict) -> dict[str, Any]:
+def summary_row(result: ModelTaxonomy) -> dict[str, Any]:
     """The headline numbers of one model's taxonomy."""
-    types, dormant, extreme = result["types"], result["dormant"], result["extreme"]
+    types, dormant, extreme = result.types, result.dormant, result.extreme
     causal = dormant.causal
     top = types.top("induction", 1).df.iloc[0]
     return {
-        **result["card"],
-        "sink_ratio_pct": result["sinks"].meta["sink_ratio"],
+        **result.card,
+        "sink_ratio_pct": result.sinks.meta["sink_ratio"],
         "max_resid_peak": extreme["resid_peak"].max(),
         "min_value_drain": extreme["value_drain"].min(),
         "induction_heads_over_0.1": int((types["induction"] > 0.1).sum()),
@@ -53,86 +62,10 @@ def summary_row(result: dict) -> dict[str, Any]:
     }
 
 
-def model_atlas(result: dict) -> HeadAtlas:
+def model_atlas(result: ModelTaxonomy) -> HeadAtlas:
     """One model's taxonomy as a head atlas: the circuits taxonomies its tables can express (sinks,
     duplicate-token, induction) and its dormant-domain labels."""
-    tables = {"sinks.heads": result["sinks"], "head_types.heads": result["types"]}
-    section = result["dormant"].extras()
-    card = result["card"]
+    tables = {"sinks.heads": result.sinks, "head_types.heads": result.types}
+    section = result.dormant.extras()
+    card = result.card
     return HeadAtlas(card["name"], card["n_layers"], card["n_heads"], tables, TAXONOMIES, dormant_labels(section))
-
-
-def overlap_figure(results: list[dict]):
-    """The taxonomy overlaps (Jaccard of top sets) of each model, side by side."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    overlaps = [model_atlas(r).overlaps() for r in results]
-    fig = make_subplots(rows=1, cols=len(results), subplot_titles=[
-        f"{r['card']['name']}: Jaccard of top-{o.k} heads" for r, o in zip(results, overlaps)])
-    for col, o in enumerate(overlaps, start=1):
-        names = list(o.jaccard.index)
-        fig.add_trace(go.Heatmap(z=o.jaccard.to_numpy(), x=names, y=names, zmin=0, zmax=1, colorscale="Viridis",
-                                 showscale=col == len(results)), 1, col)
-        fig.update_yaxes(autorange="reversed", row=1, col=col)
-    return fig
-
-
-def figures(results: list[dict]) -> list:
-    """Side-by-side heatmaps of α per model, and per-layer curves on relative depth."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    names = [r["card"]["name"] for r in results]
-    heat = make_subplots(rows=1, cols=len(results), subplot_titles=[f"α of the first token: {n}" for n in names])
-    for col, r in enumerate(results, start=1):
-        grid = r["sinks"].grid("alpha")
-        heat.add_trace(go.Heatmap(z=grid.values, x=[f"H{h}" for h in grid.columns], y=[f"L{l}" for l in grid.index],
-                                  zmin=0, zmax=1, colorscale="Viridis", showscale=col == len(results)), 1, col)
-        heat.update_yaxes(autorange="reversed", row=1, col=col)
-    curves = go.Figure()
-    for r in results:
-        depth = r["extreme"]["layer"] / max(1, r["card"]["n_layers"] - 1)
-        for metric, dash in (("resid_peak", None), ("value_drain", "dot")):
-            curves.add_trace(go.Scatter(x=depth, y=r["extreme"][metric], name=f"{r['card']['name']} {metric}",
-                                        mode="lines+markers", line=dict(dash=dash)))
-    curves.update_layout(title="extreme tokens by relative depth (first token / median of others)",
-                         xaxis_title="layer / (n_layers − 1)", yaxis_type="log")
-    induction = go.Figure([go.Box(y=r["types"]["induction"], name=r["card"]["name"], boxpoints="all") for r in results])
-    induction.update_layout(title="induction scores of every head", yaxis_title="induction score")
-    return [heat, curves, induction, overlap_figure(results)]
-
-
-def compare_command(
-    models: str = typer.Option("smollm2-135m,gemma3-270m", "--models", help="comma-separated models"),
-    out: Path = OUT, as_json: bool = JSON, seed: int = SEED, device: Optional[str] = DEVICE,
-    n_texts: int = typer.Option(16, min=1, help="real-text samples for sinks and extreme tokens"),
-    dormant_texts: int = typer.Option(3, min=1, help="texts per domain for active-dormant heads"),
-):
-    """Sinks, extreme tokens, head types and active-dormant heads of several models, side by side."""
-    from interp.output import check_out, staged_output
-    from interp.report import write_analysis
-
-    names = [name.strip() for name in models.split(",") if name.strip()]
-    if not names:
-        raise InputError("--models names no model; pass e.g. --models smollm2-135m,gemma3-270m")
-    for name in names:  # every name resolved before the first model runs
-        check_model(name, device)
-    check_out(out)
-    texts = sample_texts(n_texts, seed=seed)
-    results = [model_taxonomy(load_cli_model(name, device), texts, seed=seed, dormant_texts=dormant_texts)
-               for name in names]
-    table = pd.DataFrame([summary_row(r) for r in results])
-    body = {"models": table.to_dict(orient="records"),
-            "per_model": {r["card"]["name"]: {"sinks": r["sinks"].to_dict(), "types": r["types"].to_dict(),
-                                              "extreme_tokens": r["extreme"].to_dict(orient="records"),
-                                              "switching": frame_records(r["dormant"].switching),
-                                              "overlaps": model_atlas(r).overlaps().to_dict()}
-                          for r in results}}
-    part = {"title": "Side by side", "figures": figures(results), "tables": [("headline numbers", table)],
-            "text": f"<p>{n_texts} real texts (seed {seed}); induction on 4 × 128 random tokens repeated twice; "
-                    f"dormant heads on six domains, {dormant_texts} texts each.</p>"}
-    with staged_output(out) as stage:
-        write_analysis(stage, "compare", None, body, "Head taxonomy across models", part)
-    emit(as_json, {"schema": "interp.compare/1", "model": None, **body},
-         table.to_string(index=False) + f"\nwrote {out}/compare.html and compare.json")

@@ -1,7 +1,8 @@
 """Both embedded models through the same taxonomy, side by side (Gemma's sliding windows included)."""
 import pytest
 
-from circuits.compare import figures, model_taxonomy, summary_row
+from circuits.compare import model_taxonomy, summary_row
+from circuits.reports.compare import figures
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def test_overlaps_per_model_are_set_overlaps_of_its_own_tables(results):
 
     for r in results:
         over = model_atlas(r).overlaps()
-        n = r["card"]["n_layers"] * r["card"]["n_heads"]
+        n = r.card["n_layers"] * r.card["n_heads"]
         k = max(5, math.ceil(0.05 * n))
-        top = {kind: set(r["types"].top(kind, k).df["label"]) for kind in ("induction", "duplicate_token")}
+        top = {kind: set(r.types.top(kind, k).df["label"]) for kind in ("induction", "duplicate_token")}
         expect = len(top["induction"] & top["duplicate_token"]) / len(top["induction"] | top["duplicate_token"])
         assert over.k == k and over.jaccard.loc["induction", "duplicate-token"] == pytest.approx(expect)

@@ -8,7 +8,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import head_detector as hd
 
 import interp
-from circuits.heads_report import atlas_section
+from circuits.reports.heads import atlas_section
 from circuits.heads import (
     duplicate_token_pairs,
     head_type_scores,

@@ -19,3 +19,14 @@ def test_distribution_and_console_script():
     assert version("interp-workbench") == "0.1.0"
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts.get("interp") == "interp.cli:main"
+
+
+def test_every_package_of_the_tree_is_in_the_distribution():
+    """A wheel (not only an editable install) must carry every package: setuptools' list names them all."""
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for top in ("kernels", "interp", "circuits", "saes")
+             for p in (root / top).rglob("__init__.py")}
+    assert found == listed

@@ -7,9 +7,19 @@ from typing import Any, Optional
 import typer
 
 from circuits.active_dormant import DormantResult, active_dormant
-from interp.results import config_dict
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
+from interp.cli import (
+    DEVICE,
+    JSON,
+    MODEL,
+    OUT,
+    SEED,
+    check_model,
+    check_tokens,
+    emit,
+    load_cli_model,
+)
 from interp.errors import InputError
+from interp.results import config_dict
 from interp.texts import DOMAINS
 
 

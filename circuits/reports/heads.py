@@ -9,7 +9,17 @@ from typing import Any, Optional
 import typer
 
 from circuits.heads import KINDS, HeadTypesResult, head_types_analysis
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
+from interp.cli import (
+    DEVICE,
+    JSON,
+    MODEL,
+    OUT,
+    SEED,
+    check_model,
+    check_tokens,
+    emit,
+    load_cli_model,
+)
 
 PLOTTED = ("previous_token", "duplicate_token", "induction")  # echo equals duplicate_token by definition
 

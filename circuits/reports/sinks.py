@@ -6,9 +6,19 @@ from typing import Any, Optional
 
 import typer
 
-from interp.errors import InputError
 from circuits.sinks import SinksResult, sinks_analysis
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, check_tokens, emit, load_cli_model
+from interp.cli import (
+    DEVICE,
+    JSON,
+    MODEL,
+    OUT,
+    SEED,
+    check_model,
+    check_tokens,
+    emit,
+    load_cli_model,
+)
+from interp.errors import InputError
 
 
 def _figures(result: SinksResult) -> list:
