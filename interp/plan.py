@@ -13,7 +13,8 @@ analysis does per batch), peak = residual stream (2 copies) + the largest of:
   with the bools), plus the [B, H, N, N] bool NaN check and the [N, N] causal mask:
   B·H·N²·(4s + 1) + N², plus q, k, v (repeated to H heads) and z;
 - fused statistics (`kernels.attention_with_stats`, `interp trace --stats`): no pattern; the largest
-  temporary is the reference backend's score tile (at most 2²² float32 elements), the head-major
+  temporary is the CPU backend's score tiles (two per worker thread, 2²⁰ float32 elements each in the
+  fused kernel, 2²¹ in the reference backend), the head-major
   copies of q, k, v, and the statistics kept per layer, about 6 × B·H·N float32;
 - the MLP: hidden, gate and their product, 3 × B·N·d_mlp·s;
 - the logits: B·N·d_vocab in float32 (the unembedding output in s bytes for other dtypes), plus the
@@ -38,9 +39,10 @@ from typing import Any, Optional
 from interp.errors import InputError
 
 ROTARY_ROWS = 2048  # TransformerLens' initial rotary cache (grown to the longest sequence seen)
-# float32 tile-sized buffers alive at the fused path's peak: the reference backend's two scratch tiles per worker
-# (scores, exp); merges and per-row results are row-sized (calibrated on SmolLM2 at 1024 tokens, CPU, 1 thread)
+# float32 tile-sized buffers alive at the fused path's peak: the CPU backends' two scratch tiles per worker
+# (scores, exp); running state, merges and per-row results are row-sized (calibrated on SmolLM2 at 1024 tokens, CPU, 1 thread)
 TILE_BUFFERS = 2
+ROW_BUFFERS = 3
 USABLE = 0.9  # of a device's memory: what the allocator, CUDA context and fragmentation leave
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 _UNGATED = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "phi"}
@@ -120,7 +122,7 @@ def activation_peak(shape: ModelShape, length: int, batch: int, s: int, fused: b
         qkvz = 2 * b * n * (h + shape.n_kv_heads) * shape.d_head * s
         head_major = b * n * (h + 2 * shape.n_kv_heads) * shape.d_head * s
         stats = 6 * b * h * n * 4 * shape.n_layers
-        attention = qkvz + head_major + causal_tile(b * h, n, threads) * 4 * TILE_BUFFERS + stats
+        attention = qkvz + head_major + attention_scratch(b * h, n, shape.d_head, threads) + stats
     else:  # TransformerLens repeats k and v to H heads for the scores
         qkvz = 4 * b * n * h * shape.d_head * s
         attention = qkvz + b * h * n * n * (4 * s + 1) + n * n
@@ -129,22 +131,24 @@ def activation_peak(shape: ModelShape, length: int, batch: int, s: int, fused: b
     return resid + max(attention, mlp, unembed)
 
 
-def causal_tile(batch_heads: int, n: int, threads: int | None = None) -> int:
-    """Elements of the score tiles alive at once in the chunked reference backend (kernels.reference):
-    its own chunk plan (causal), each chunk's keys taken in blocks, one tile per worker thread."""
+def attention_scratch(batch_heads: int, n: int, d_head: int, threads: int | None = None) -> int:
+    """Bytes of float32 scratch alive at once in the CPU backend ``backend="auto"`` runs (the fused
+    kernel, kernels.cpu_fused, where it builds; else the reference, kernels.reference), one chunk per
+    worker thread: TILE_BUFFERS score tiles from its own causal chunk plan (each chunk's keys taken in
+    blocks) and, in the fused kernel, ROW_BUFFERS [rows, d_head] arrays per chunk (the output
+    accumulator, its normalised copy and the masked result)."""
     import torch
 
-    from kernels.masking import key_bounds
-    from kernels.reference import ARGMAX_BLOCK, DEFAULT_TILE_ELEMENTS, MIN_ROWS, chunks
+    from kernels import cpu_fused, reference
 
-    plan = chunks(batch_heads, n, True, None, min_rows=MIN_ROWS)
-    tiles = []
-    for c0, c1 in plan:
-        lo, hi = key_bounds(c0, c1, n, True, None)
-        block = max(ARGMAX_BLOCK, DEFAULT_TILE_ELEMENTS // (batch_heads * (c1 - c0)) // ARGMAX_BLOCK * ARGMAX_BLOCK)
-        tiles.append(batch_heads * (c1 - c0) * min(hi - lo, block))
+    fused = cpu_fused.available()
+    budget = cpu_fused.TILE_ELEMENTS if fused else reference.DEFAULT_TILE_ELEMENTS
+    plan = reference.chunks(batch_heads, n, True, None, min_rows=cpu_fused.MIN_ROWS if fused else reference.MIN_ROWS,
+                            tile_elements=budget)
+    tiles = reference.chunk_tiles(batch_heads, n, plan, True, None, budget)
+    rows = [batch_heads * (c1 - c0) * d_head * ROW_BUFFERS if fused else 0 for c0, c1 in plan]
     live = max(1, min(len(plan), threads if threads is not None else torch.get_num_threads()))
-    return sum(sorted(tiles)[-live:])
+    return 4 * (sum(sorted(tiles)[-live:]) * TILE_BUFFERS + sum(sorted(rows)[-live:]))
 
 
 def devices_needed(weights: int, activations: int, device_memory: int) -> Optional[int]:

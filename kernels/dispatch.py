@@ -1,9 +1,12 @@
 """Public entry points: argument checks, backend choice, then a call into a backend.
 
-Backends: "torch" (kernels.reference, any device) and "triton" (kernels.triton_forward /
-kernels.triton_received; CUDA, or CPU under TRITON_INTERPRET=1). "auto" picks triton for CUDA
-tensors when triton imports and supports the dtype (fp16, bf16, fp32), the head dim (a power
-of two in 16..256) and the number of spans (at most 63), torch otherwise. Both entry points are
+Backends: "torch" (kernels.reference, any device), "cpu" (kernels.cpu_fused: the same chunked
+plan with a compiled C loop per key block; CPU tensors, needs a C compiler on first use) and
+"triton" (kernels.triton_forward / kernels.triton_received; CUDA, or CPU under
+TRITON_INTERPRET=1). "auto" picks triton for CUDA tensors when triton imports and supports the
+dtype (fp16, bf16, fp32), the head dim (a power of two in 16..256) and the number of spans (at
+most 63); cpu for CPU tensors when its kernel builds; torch otherwise. ``attention_received``
+runs the torch backend for "cpu". Both entry points are
 inference-only (they run under torch.no_grad; outputs carry no gradient).
 """
 from __future__ import annotations
@@ -14,10 +17,10 @@ import os
 
 import torch
 
-from . import reference
+from . import cpu_fused, reference
 from .stats import AttentionStats
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "cpu", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The Triton forward keeps one register accumulator column per span (plus the sink).
 MAX_TRITON_SPANS = 63
@@ -54,15 +57,27 @@ def _check_triton(q: torch.Tensor, n_spans: int) -> None:
         raise ValueError(f"backend='triton' supports at most {MAX_TRITON_SPANS} spans, got {n_spans}")
 
 
+def _check_cpu(q: torch.Tensor) -> None:
+    """Raise ValueError (one line) unless the fused CPU backend can run on these tensors."""
+    if q.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors, got {q.device.type}; use backend='auto'")
+    if not cpu_fused.available():
+        raise ValueError(f"backend='cpu' is not available: {cpu_fused.unavailable_reason()}; use backend='torch'")
+
+
 def _resolve_backend(backend: str, q: torch.Tensor, n_spans: int = 0) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         usable = (q.device.type == "cuda" and q.dtype in TRITON_DTYPES and n_spans <= MAX_TRITON_SPANS
                   and _triton_head_dim_ok(q.shape[-1]) and _triton_available())
-        return "triton" if usable else "torch"
+        if usable:
+            return "triton"
+        return "cpu" if q.device.type == "cpu" and cpu_fused.available() else "torch"
     if backend == "triton":
         _check_triton(q, n_spans)
+    if backend == "cpu":
+        _check_cpu(q)
     return backend
 
 
@@ -119,8 +134,8 @@ def attention_with_stats(q, k, v, *, causal=True, window=None, scale=None, sink_
     i-w+1 .. i (non-causal: |i-j| < w). sink_tokens: keys 0 .. sink_tokens-1 form
     ``sink_mass``; spans: half-open (start, stop) key ranges, clipped to [0, N], one
     ``span_mass`` column each. fp16/bf16/fp32 inputs are accumulated in float32 (float64
-    inputs, torch backend only, in float64). backend: "auto", "triton" or "torch" (module
-    docstring); "triton" on CPU tensors needs TRITON_INTERPRET=1, otherwise ValueError.
+    inputs, torch and cpu backends only, in float64). backend: "auto", "triton", "cpu" or "torch"
+    (module docstring); "triton" on CPU tensors needs TRITON_INTERPRET=1, otherwise ValueError.
 
     Returns ``(out, stats)``: out like q (same dtype), stats an ``AttentionStats`` of float32
     ``[B, H, N]`` fields (argmax int64, lowest key index on ties) and span_mass
@@ -135,6 +150,8 @@ def attention_with_stats(q, k, v, *, causal=True, window=None, scale=None, sink_
     chosen = _resolve_backend(backend, q, len(ranges) - 1)
     if chosen == "torch" or q.numel() == 0:
         return reference.forward(q, k, v, causal=causal, window=window, scale=scale, mass_ranges=ranges)
+    if chosen == "cpu":
+        return cpu_fused.forward(q, k, v, causal=causal, window=window, scale=scale, mass_ranges=ranges)
     from . import triton_forward
     return triton_forward.forward(_unit_stride(q), _unit_stride(k), _unit_stride(v), causal=causal,
                                   window=window, scale=scale, mass_ranges=ranges)
@@ -158,7 +175,7 @@ def attention_received(q, k, lse, *, causal=True, window=None, scale=None, backe
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     lse = lse.to(device=q.device, dtype=torch.float32)
     chosen = _resolve_backend(backend, q)
-    if chosen == "torch" or q.numel() == 0:
+    if chosen in ("torch", "cpu") or q.numel() == 0:
         return reference.received(q, k, lse, causal=causal, window=window, scale=scale)
     from . import triton_received
     return triton_received.received(_unit_stride(q), _unit_stride(k), lse, causal=causal,

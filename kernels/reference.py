@@ -57,16 +57,36 @@ def chunk_rows(batch_heads: int, n: int, c0: int, causal: bool, window: int | No
 
 
 def chunks(batch_heads: int, n: int, causal: bool, window: int | None,
-           chunk_size: int | None = None, min_rows: int = 1) -> list[tuple[int, int]]:
+           chunk_size: int | None = None, min_rows: int = 1,
+           tile_elements: int | None = None) -> list[tuple[int, int]]:
     """The ``(c0, c1)`` query chunks covering rows 0 .. n-1 (``chunk_rows`` each, at least
     ``min_rows`` unless ``chunk_size`` is given)."""
     plan, c0 = [], 0
     while c0 < n:
-        rows = chunk_rows(batch_heads, n, c0, causal, window, chunk_size)
+        rows = chunk_rows(batch_heads, n, c0, causal, window, chunk_size, tile_elements)
         c1 = c0 + (rows if chunk_size is not None else min(n - c0, max(rows, min_rows)))
         plan.append((c0, c1))
         c0 = c1
     return plan
+
+
+def key_block(batch_heads: int, rows: int, tile_elements: int | None = None) -> int:
+    """Keys per block for a chunk of ``rows`` query rows: as many multiples of ARGMAX_BLOCK as keep
+    ``batch_heads × rows × keys`` within ``tile_elements`` (default ``DEFAULT_TILE_ELEMENTS``), at least one."""
+    budget = tile_elements or DEFAULT_TILE_ELEMENTS
+    return max(ARGMAX_BLOCK, budget // (batch_heads * rows) // ARGMAX_BLOCK * ARGMAX_BLOCK)
+
+
+def chunk_tiles(batch_heads: int, n: int, plan: list[tuple[int, int]], causal: bool, window: int | None,
+                tile_elements: int | None = None, whole_rows: bool = False) -> list[int]:
+    """Elements of each chunk's largest score tile: ``batch_heads × rows × min(keys seen, key_block)``
+    (``whole_rows``: every key the chunk sees in one block)."""
+    tiles = []
+    for c0, c1 in plan:
+        lo, hi = key_bounds(c0, c1, n, causal, window)
+        keys = max(1, hi - lo)
+        tiles.append(batch_heads * (c1 - c0) * (keys if whole_rows else min(keys, key_block(batch_heads, c1 - c0, tile_elements))))
+    return tiles
 
 
 def workers(device, n_chunks: int) -> int:
@@ -273,26 +293,16 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
     views = [t.unflatten(1, (hkv, g)) for t in (out, lse, entropy, max_prob, argmax, mass_all)]
 
     plan = chunks(b * h, n, causal, window, chunk_size, min_rows=MIN_ROWS)
-
-    def key_block(c0: int, c1: int) -> int:
-        lo, hi = key_bounds(c0, c1, n, causal, window)
-        if chunk_size is not None:
-            return max(1, hi - lo)
-        return max(ARGMAX_BLOCK, DEFAULT_TILE_ELEMENTS // (b * h * (c1 - c0)) // ARGMAX_BLOCK * ARGMAX_BLOCK)
-
-    def tile_of(c0: int, c1: int) -> int:  # elements of the chunk's largest key-block tile
-        lo, hi = key_bounds(c0, c1, n, causal, window)
-        return b * h * (c1 - c0) * min(key_block(c0, c1), max(1, hi - lo))
-
-    tile = max(tile_of(c0, c1) for c0, c1 in plan)
+    tile = max(chunk_tiles(b * h, n, plan, causal, window, whole_rows=chunk_size is not None))
     scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def one_chunk(c0: int, c1: int, worker: int) -> None:
         if worker not in scratch:  # two tiles per worker thread, reused by every key block it runs
             scratch[worker] = tuple(torch.empty(tile, dtype=cd, device=dev) for _ in range(2))
         lo, hi = key_bounds(c0, c1, n, causal, window)
+        block = max(1, hi - lo) if chunk_size is not None else key_block(b * h, c1 - c0)
         res = _blocked_chunk(qg[:, :, :, c0:c1].to(cd), k, v, mass_ranges, c0, c1, lo, hi, causal, window, scale,
-                             key_block(c0, c1), cd, scratch[worker])
+                             block, cd, scratch[worker])
         for view, value in zip(views, res):
             view[:, :, :, c0:c1] = value
 

@@ -1,4 +1,5 @@
-"""The chunked PyTorch backend against the dense float64 oracle, plus the public interface.
+"""The CPU backends (the chunked PyTorch reference and the fused C block kernel, kernels/cpu_fused)
+against the dense float64 oracle, plus the public interface.
 
 Tolerances (max |error| over max(1, max |expected|), per field): float32 inputs 1e-4 for
 everything. fp16/bf16 inputs are compared with the oracle run on the same rounded inputs; the
@@ -13,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
-from kernels import reference
+from kernels import cpu_fused, dispatch, reference
 from kernels.masking import key_bounds, queries_per_key
 from test_kernels_dense import assert_stats_close, dense_attention, dense_mask, max_rel_err, random_qkv
 
@@ -29,27 +30,42 @@ CASES = [  # (B, H, H_kv, N, d, causal, window, sink_tokens, spans)
 ]
 
 
+# The fused kernel with its default tiles (one key block at these sizes) and with tiles small enough
+# that every row spans several key blocks (the running max, Σ e and accumulator rescaled across them).
+FORWARDS = {
+    "reference": reference.forward,
+    "fused": cpu_fused.forward,
+    "fused-small-tiles": lambda *a, **kw: cpu_fused.forward(*a, tile_elements=1024, min_rows=4, **kw),
+}
+needs_cc = pytest.mark.skipif(not cpu_fused.available(),
+                              reason=f"the fused CPU kernel cannot be built here: {cpu_fused.unavailable_reason()}")
+PATHS = [pytest.param(name, marks=[needs_cc] if name != "reference" else []) for name in FORWARDS]
+CPU_BACKENDS = ["torch", pytest.param("cpu", marks=needs_cc)]
+
+
 def _ids(case):
     b, h, hkv, n, d, causal, window, sink, spans = case
     return f"N{n}-d{d}-g{h // hkv}-{'causal' if causal else 'full'}-w{window}-s{sink}-{len(spans)}spans"
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 @pytest.mark.parametrize("chunk", [None, 7])
-def test_forward_matches_dense(case, chunk):
+def test_forward_matches_dense(case, chunk, path):
     b, h, hkv, n, d, causal, window, sink, spans = case
     q, k, v = random_qkv(b, h, hkv, n, d, spread=2.0)
     ranges = [(0, min(sink, n))] + [(min(a, n), min(z, n)) for a, z in spans]
-    out, stats = reference.forward(q, k, v, causal=causal, window=window, scale=d ** -0.5,
-                                   mass_ranges=ranges, chunk_size=chunk)
+    out, stats = FORWARDS[path](q, k, v, causal=causal, window=window, scale=d ** -0.5,
+                                mass_ranges=ranges, chunk_size=chunk)
     ref = dense_attention(q, k, v, causal=causal, window=window, sink_tokens=sink, spans=spans)
     assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs(dtype):
+def test_half_inputs(dtype, backend):
     q, k, v = random_qkv(2, 6, 2, 45, 32, dtype=dtype, spread=2.0)
-    out, stats = kernels.attention_with_stats(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)], backend="torch")
+    out, stats = kernels.attention_with_stats(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)], backend=backend)
     assert out.dtype == dtype
     ref = dense_attention(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)])
     assert_stats_close(out, stats, ref, out_tol=OUT_TOL[dtype], stat_tol=1e-4)
@@ -76,29 +92,32 @@ def test_spans_are_clipped_and_validated():
             kernels.attention_with_stats(q, k, v, spans=bad)
 
 
-def test_strided_inputs_from_bnhd_layout():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_strided_inputs_from_bnhd_layout(backend):
     """Hook tensors arrive as [B, N, H, d]; permuted views must give the same answer."""
     q, k, v = random_qkv(2, 6, 3, 19, 16)
     qp, kp, vp = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     assert not qp.is_contiguous()
-    out_a, stats_a = kernels.attention_with_stats(q, k, v, window=5)
-    out_b, stats_b = kernels.attention_with_stats(qp, kp, vp, window=5)
+    out_a, stats_a = kernels.attention_with_stats(q, k, v, window=5, backend=backend)
+    out_b, stats_b = kernels.attention_with_stats(qp, kp, vp, window=5, backend=backend)
     torch.testing.assert_close(out_a, out_b)
     torch.testing.assert_close(stats_a.entropy, stats_b.entropy)
 
 
-def test_float64_inputs_compute_in_float64():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_inputs_compute_in_float64(backend):
     q, k, v = random_qkv(1, 2, 1, 33, 16, dtype=torch.float64, spread=3.0)
-    out, stats = kernels.attention_with_stats(q, k, v)
+    out, stats = kernels.attention_with_stats(q, k, v, backend=backend)
     ref = dense_attention(q, k, v)
     assert out.dtype == torch.float64 and stats.lse.dtype == torch.float32
     assert max_rel_err(out, ref["out"]) < 1e-12
 
 
-def test_argmax_ties_go_to_lowest_index():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_argmax_ties_go_to_lowest_index(backend):
     q = torch.zeros(1, 1, 6, 16)
     k = torch.randn(1, 1, 6, 16)
-    _, stats = kernels.attention_with_stats(q, k, k, causal=True)
+    _, stats = kernels.attention_with_stats(q, k, k, causal=True, backend=backend)
     assert stats.argmax.tolist() == [[[0] * 6]]
     torch.testing.assert_close(stats.max_prob[0, 0], 1.0 / torch.arange(1, 7, dtype=torch.float32))
 
@@ -143,10 +162,11 @@ def test_queries_per_key_counts_the_mask():
         assert torch.equal(queries_per_key(n, causal, window), expect)
 
 
-def test_rows_that_see_no_key_are_defined():
+@pytest.mark.parametrize("path", PATHS)
+def test_rows_that_see_no_key_are_defined(path):
     """Not reachable through the API (window >= 1); the backend's window=0 reaches it."""
     q, k, v = random_qkv(1, 2, 1, 12, 16)
-    out, stats = reference.forward(q, k, v, causal=True, window=0, scale=0.25, mass_ranges=[(0, 1), (2, 5)])
+    out, stats = FORWARDS[path](q, k, v, causal=True, window=0, scale=0.25, mass_ranges=[(0, 1), (2, 5)])
     assert (out == 0).all()
     assert torch.isneginf(stats.lse).all()
     assert (stats.entropy == 0).all() and (stats.max_prob == 0).all() and (stats.argmax == -1).all()
@@ -170,15 +190,17 @@ class _LargestTensor(TorchDispatchMode):
         return result
 
 
-def test_torch_backend_never_builds_an_n_by_n_tile():
+@pytest.mark.parametrize("backend,budget", [("torch", reference.DEFAULT_TILE_ELEMENTS),
+                                            pytest.param("cpu", cpu_fused.TILE_ELEMENTS, marks=needs_cc)])
+def test_cpu_backends_never_build_an_n_by_n_tile(backend, budget):
     n = 4096
     q, k, v = random_qkv(1, 1, 1, n, 16)
     watch = _LargestTensor()
     with watch:
-        _, stats = kernels.attention_with_stats(q, k, v, backend="torch")
-        kernels.attention_received(q, k, stats.lse, backend="torch")
-    assert reference.DEFAULT_TILE_ELEMENTS * 4 <= n * n
-    assert watch.largest <= reference.DEFAULT_TILE_ELEMENTS
+        _, stats = kernels.attention_with_stats(q, k, v, backend=backend)
+        kernels.attention_received(q, k, stats.lse, backend=backend)
+    assert budget * 4 <= n * n
+    assert watch.largest <= max(budget, reference.DEFAULT_TILE_ELEMENTS)
 
 
 def test_chunks_fill_the_tile_budget_and_cover_every_row():
@@ -224,11 +246,13 @@ def test_validation_errors(monkeypatch):
         kernels.attention_with_stats(q, k, v, backend="triton")
 
 
-def test_auto_uses_torch_off_cuda():
+@needs_cc
+def test_auto_uses_the_fused_kernel_on_cpu():
     q, k, v = random_qkv(1, 2, 1, 9, 16)
+    assert dispatch._resolve_backend("auto", q) == "cpu"
     out_auto, _ = kernels.attention_with_stats(q, k, v, backend="auto")
-    out_torch, _ = kernels.attention_with_stats(q, k, v, backend="torch")
-    assert torch.equal(out_auto, out_torch)
+    out_cpu, _ = kernels.attention_with_stats(q, k, v, backend="cpu")
+    assert torch.equal(out_auto, out_cpu)
 
 
 def test_stats_container():

@@ -30,3 +30,18 @@ def test_every_package_of_the_tree_is_in_the_distribution():
     found = {".".join(p.parent.relative_to(root).parts) for top in ("kernels", "interp", "circuits", "saes")
              for p in (root / top).rglob("__init__.py")}
     assert found == listed
+
+
+def test_every_data_file_of_the_tree_is_in_the_distribution():
+    """Files the code reads at run time (prompt sets, the fused CPU kernel's C source) must be package data."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    root = Path(__file__).parent.parent
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [p for top in ("kernels", "interp", "circuits", "saes") for p in (root / top).rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert {"cpu_fused.c", "harmful.jsonl"} <= {p.name for p in files}
+    for path in files:
+        package, name = path.relative_to(root).parts[0], "/".join(path.relative_to(root).parts[1:])
+        assert any(fnmatch(name, pattern) for pattern in data.get(package, [])), f"{path} is not package data"
