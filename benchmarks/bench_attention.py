@@ -6,11 +6,13 @@ materialised-pattern path (scores → softmax → stats → p·v, as hook-based 
 (2·N²·d·H for causal), fraction of the dense bf16 peak, peak memory, and the
 attention_received pass against one SDPA forward.
 
-CPU part: the chunked torch backend's time and peak RSS for (d=64, H=9, H_kv=3), each N in a
-fresh subprocess so the peak belongs to that N alone, next to the size of a dense pattern.
-``--part cpu-vs-sdpa``: the torch backend's forward+stats and torch SDPA's forward timed
-alternately in one process per N (median of --cpu-repeats each), the ratio that the 1.5×
-target is about; on a shared machine only that side-by-side ratio is meaningful.
+CPU part: the CPU backend "auto" picks (the fused C kernel where it builds, else the chunked
+torch reference): time and peak RSS for (d=64, H=9, H_kv=3), each N in a fresh subprocess so the
+peak belongs to that N alone, next to the size of a dense pattern.
+``--part cpu-vs-sdpa``: torch SDPA's forward, the fused backend's forward+stats ("cpu") and the
+reference backend's ("torch") timed alternately in one process per N (median of --cpu-repeats
+each), the ratio that the 1.5× target is about; on a shared machine only that side-by-side ratio
+is meaningful.
 
     python benchmarks/bench_attention.py --help
 """
@@ -180,19 +182,19 @@ def _status_kib(field: str) -> int:
 
 
 def cpu_one(n: int, repeats: int) -> dict:
-    """Time and peak RSS of the torch backend (forward+stats, then received) at one N."""
+    """Time and peak RSS of the CPU backend auto picks (forward+stats, then received) at one N."""
     d, h, hkv = CPU_SHAPE
     q, k, v = random_inputs(n, d, h, hkv, torch.float32, "cpu")
-    kernels.attention_with_stats(q[:, :, :64], k[:, :, :64], v[:, :, :64], backend="torch")
+    kernels.attention_with_stats(q[:, :, :64], k[:, :, :64], v[:, :, :64])
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     base = _status_kib("VmRSS")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _, stats = kernels.attention_with_stats(q, k, v, causal=True, backend="torch")
+        _, stats = kernels.attention_with_stats(q, k, v, causal=True)
         times.append(time.perf_counter() - start)
     start = time.perf_counter()
-    kernels.attention_received(q, k, stats.lse, causal=True, backend="torch")
+    kernels.attention_received(q, k, stats.lse, causal=True)
     received_s = time.perf_counter() - start
     return {"N": n, "d": d, "H": h, "H_kv": hkv, "forward_s": min(times), "received_s": received_s,
             "peak_rss_MiB": (_status_kib("VmHWM") - base) / 1024,
@@ -213,26 +215,30 @@ def _peak_above_current_mib(fn) -> float:
 
 
 def cpu_vs_sdpa_one(n: int, repeats: int) -> dict:
-    """Our torch backend (forward+stats) and torch SDPA's forward, timed alternately in this one
-    process (SDPA, ours, SDPA, ours, ...), so load on a shared machine hits both alike; median
-    of ``repeats`` each, the ratio of the medians, and the peak RSS of one call of each."""
+    """torch SDPA's forward and our forward+stats on the fused ("cpu") and reference ("torch") backends,
+    timed alternately in this one process (SDPA, fused, reference, SDPA, ...), so load on a shared
+    machine hits all alike; median of ``repeats`` each, the ratios of the medians to SDPA's, and the
+    peak RSS of one call of each."""
     d, h, hkv = CPU_SHAPE
     q, k, v = random_inputs(n, d, h, hkv, torch.float32, "cpu")
-    ours = lambda: kernels.attention_with_stats(q, k, v, causal=True, backend="torch")  # noqa: E731
-    sdpa = lambda: sdpa_cpu(q, k, v)  # noqa: E731
+    calls = {"sdpa": lambda: sdpa_cpu(q, k, v),
+             "fused": lambda: kernels.attention_with_stats(q, k, v, causal=True, backend="cpu"),
+             "reference": lambda: kernels.attention_with_stats(q, k, v, causal=True, backend="torch")}
     small = [x[:, :, :256] for x in (q, k, v)]
-    kernels.attention_with_stats(*small, backend="torch"), sdpa_cpu(*small)  # warm up both
-    peaks = {"ours_peak_rss_MiB": _peak_above_current_mib(ours), "sdpa_peak_rss_MiB": _peak_above_current_mib(sdpa)}
-    times = {"sdpa": [], "ours": []}
+    sdpa_cpu(*small), kernels.attention_with_stats(*small, backend="cpu"), kernels.attention_with_stats(*small, backend="torch")
+    row = {"N": n, "d": d, "H": h, "H_kv": hkv, "repeats": repeats}
+    row |= {f"{name}_peak_rss_MiB": _peak_above_current_mib(fn) for name, fn in calls.items()}
+    times = {name: [] for name in calls}
     for _ in range(repeats):
-        for name, fn in (("sdpa", sdpa), ("ours", ours)):
+        for name, fn in calls.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
-    return {"N": n, "d": d, "H": h, "H_kv": hkv, "repeats": repeats, "sdpa_s": med["sdpa"], "ours_s": med["ours"],
-            "ratio": med["ours"] / med["sdpa"], "sdpa_all_s": times["sdpa"], "ours_all_s": times["ours"],
-            "load_average": os.getloadavg(), **peaks}
+    row |= {f"{name}_s": med[name] for name in calls} | {f"{name}_all_s": times[name] for name in calls}
+    row |= {"fused_ratio": med["fused"] / med["sdpa"], "reference_ratio": med["reference"] / med["sdpa"],
+            "load_average": os.getloadavg()}
+    return row
 
 
 def cpu_vs_sdpa_rows(lengths, repeats, threads):
@@ -246,12 +252,14 @@ def cpu_vs_sdpa_rows(lengths, repeats, threads):
 
 
 def cpu_vs_sdpa_table(rows):
-    lines = ["| d | H/H_kv | N | repeats | SDPA forward s (median) | ours forward+stats s (median) | ours / SDPA "
-             "| ours peak RSS MiB | SDPA peak RSS MiB | load average (1 min) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| d | H/H_kv | N | repeats | SDPA forward s (median) | fused forward+stats s | fused / SDPA "
+             "| reference forward+stats s | reference / SDPA | fused / reference / SDPA peak RSS MiB "
+             "| load average (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['d']} | {r['H']}/{r['H_kv']} | {r['N']} | {r['repeats']} | {r['sdpa_s']:.3f} | "
-                     f"{r['ours_s']:.3f} | {r['ratio']:.2f} | {r['ours_peak_rss_MiB']:.0f} | "
+                     f"{r['fused_s']:.3f} | {r['fused_ratio']:.2f} | {r['reference_s']:.3f} | "
+                     f"{r['reference_ratio']:.2f} | {r['fused_peak_rss_MiB']:.0f} / {r['reference_peak_rss_MiB']:.0f} / "
                      f"{r['sdpa_peak_rss_MiB']:.0f} | {r['load_average'][0]:.1f} |")
     return "\n".join(lines)
 
@@ -282,7 +290,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("all", "cuda", "cpu", "cpu-vs-sdpa"), default="all",
                    help="which part to run; the CUDA part is skipped (with a note) when no GPU is present; "
-                        "cpu-vs-sdpa times torch SDPA's forward and our torch backend alternately in one "
+                        "cpu-vs-sdpa times torch SDPA's forward and our fused and reference CPU backends alternately in one "
                         "process per N (not part of 'all')")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
                    help="sequence lengths for the CUDA part")
@@ -323,11 +331,13 @@ def main(argv=None) -> int:
             print("## CUDA: no GPU available, part skipped\n")
     if args.part in ("all", "cpu"):
         result["cpu_rows"] = cpu_rows(args.cpu_lengths, args.cpu_repeats, args.threads)
-        print(f"## CPU: torch backend, float32, causal, B=1, {args.threads} threads\n")
+        backend = "fused C kernel" if kernels.cpu_fused.available() else "torch reference (no C compiler)"
+        print(f"## CPU: {backend}, float32, causal, B=1, {args.threads} threads\n")
         print(cpu_table(result["cpu_rows"]) + "\n")
     if args.part == "cpu-vs-sdpa":
         result["cpu_vs_sdpa"] = cpu_vs_sdpa_rows(args.cpu_lengths, args.cpu_repeats, args.threads)
-        print(f"## CPU: torch backend vs torch SDPA, float32, causal, B=1, {args.threads} threads, alternated\n")
+        print(f"## CPU: fused and reference backends vs torch SDPA, float32, causal, B=1, {args.threads} threads, "
+              "alternated\n")
         print(cpu_vs_sdpa_table(result["cpu_vs_sdpa"]) + "\n")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
