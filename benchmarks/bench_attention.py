@@ -1,4 +1,4 @@
-"""Speed and memory of kernels.attention_with_stats / attention_received.
+"""Speed and memory of interp_kernels.attention_with_stats / attention_received.
 
 CUDA part (bf16, causal): our Triton forward+stats next to torch SDPA (flash backend) and the
 materialised-pattern path (scores → softmax → stats → p·v, as hook-based tools do), for
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels  # noqa: E402
+import interp_kernels  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 CUDA_SHAPES = [(64, 9, 3), (128, 32, 8)]  # (d, H, H_kv)
@@ -127,14 +127,14 @@ def bench_cuda_one(n, d, h, hkv, repeats):
     q, k, v = random_inputs(n, d, h, hkv, torch.bfloat16, "cuda")
     flops = causal_flops(n, d, h)
     row = {"N": n, "d": d, "H": h, "H_kv": hkv}
-    ours = lambda: kernels.attention_with_stats(q, k, v, causal=True, backend="triton")  # noqa: E731
+    ours = lambda: interp_kernels.attention_with_stats(q, k, v, causal=True, backend="triton")  # noqa: E731
     row["ours_ms"] = cuda_time_ms(ours, repeats)
     row["ours_peak_MiB"] = cuda_peak_bytes(ours) / 2**20
     sdpa, row["sdpa_note"] = sdpa_call(q, k, v)
     row["sdpa_ms"] = cuda_time_ms(sdpa, repeats)
     row["sdpa_peak_MiB"] = cuda_peak_bytes(sdpa) / 2**20
     lse = ours()[1].lse
-    row["received_ms"] = cuda_time_ms(lambda: kernels.attention_received(q, k, lse, backend="triton"), repeats)
+    row["received_ms"] = cuda_time_ms(lambda: interp_kernels.attention_received(q, k, lse, backend="triton"), repeats)
     free = torch.cuda.mem_get_info()[0]
     if materialised_bytes(n, h) < 0.8 * free:
         mat = lambda: materialised(q, k, v)  # noqa: E731
@@ -185,16 +185,16 @@ def cpu_one(n: int, repeats: int) -> dict:
     """Time and peak RSS of the CPU backend auto picks (forward+stats, then received) at one N."""
     d, h, hkv = CPU_SHAPE
     q, k, v = random_inputs(n, d, h, hkv, torch.float32, "cpu")
-    kernels.attention_with_stats(q[:, :, :64], k[:, :, :64], v[:, :, :64])
+    interp_kernels.attention_with_stats(q[:, :, :64], k[:, :, :64], v[:, :, :64])
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     base = _status_kib("VmRSS")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _, stats = kernels.attention_with_stats(q, k, v, causal=True)
+        _, stats = interp_kernels.attention_with_stats(q, k, v, causal=True)
         times.append(time.perf_counter() - start)
     start = time.perf_counter()
-    kernels.attention_received(q, k, stats.lse, causal=True)
+    interp_kernels.attention_received(q, k, stats.lse, causal=True)
     received_s = time.perf_counter() - start
     return {"N": n, "d": d, "H": h, "H_kv": hkv, "forward_s": min(times), "received_s": received_s,
             "peak_rss_MiB": (_status_kib("VmHWM") - base) / 1024,
@@ -222,10 +222,10 @@ def cpu_vs_sdpa_one(n: int, repeats: int) -> dict:
     d, h, hkv = CPU_SHAPE
     q, k, v = random_inputs(n, d, h, hkv, torch.float32, "cpu")
     calls = {"sdpa": lambda: sdpa_cpu(q, k, v),
-             "fused": lambda: kernels.attention_with_stats(q, k, v, causal=True, backend="cpu"),
-             "reference": lambda: kernels.attention_with_stats(q, k, v, causal=True, backend="torch")}
+             "fused": lambda: interp_kernels.attention_with_stats(q, k, v, causal=True, backend="cpu"),
+             "reference": lambda: interp_kernels.attention_with_stats(q, k, v, causal=True, backend="torch")}
     small = [x[:, :, :256] for x in (q, k, v)]
-    sdpa_cpu(*small), kernels.attention_with_stats(*small, backend="cpu"), kernels.attention_with_stats(*small, backend="torch")
+    sdpa_cpu(*small), interp_kernels.attention_with_stats(*small, backend="cpu"), interp_kernels.attention_with_stats(*small, backend="torch")
     row = {"N": n, "d": d, "H": h, "H_kv": hkv, "repeats": repeats}
     row |= {f"{name}_peak_rss_MiB": _peak_above_current_mib(fn) for name, fn in calls.items()}
     times = {name: [] for name in calls}
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
             print("## CUDA: no GPU available, part skipped\n")
     if args.part in ("all", "cpu"):
         result["cpu_rows"] = cpu_rows(args.cpu_lengths, args.cpu_repeats, args.threads)
-        backend = "fused C kernel" if kernels.cpu_fused.available() else "torch reference (no C compiler)"
+        backend = "fused C kernel" if interp_kernels.cpu_fused.available() else "torch reference (no C compiler)"
         print(f"## CPU: {backend}, float32, causal, B=1, {args.threads} threads\n")
         print(cpu_table(result["cpu_rows"]) + "\n")
     if args.part == "cpu-vs-sdpa":

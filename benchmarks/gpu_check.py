@@ -238,8 +238,8 @@ def _flex_runner(q, k, v, device):
 def part_attention(s: Settings, box: float) -> PartResult:
     import torch
 
-    import kernels
-    from kernels import triton_forward, triton_received
+    import interp_kernels
+    from interp_kernels import triton_forward, triton_received
 
     r = PartResult("attention")
     dev, dtype = s.device, (torch.bfloat16 if s.device == "cuda" else torch.float32)
@@ -256,12 +256,12 @@ def part_attention(s: Settings, box: float) -> PartResult:
             q, k, v = _inputs(n, d, h, hkv, dev, dtype)
             flops = 2.0 * n * n * d * h
             row = {"d": d, "H": h, "H_kv": hkv, "N": n, "dtype": str(dtype).removeprefix("torch.")}
-            ours = lambda: kernels.attention_with_stats(q, k, v, causal=True, backend=backend)  # noqa: E731
+            ours = lambda: interp_kernels.attention_with_stats(q, k, v, causal=True, backend=backend)  # noqa: E731
             warm = 0 if s.small else 1
             row["ours_ms"] = time_ms(ours, dev, s.repeats, warm)
             row["ours_peak_MiB"] = (peak_bytes(ours, dev) or 0) / 2**20
             lse = ours()[1].lse
-            recv = lambda: kernels.attention_received(q, k, lse, causal=True, backend=backend)  # noqa: E731
+            recv = lambda: interp_kernels.attention_received(q, k, lse, causal=True, backend=backend)  # noqa: E731
             row["received_ms"] = time_ms(recv, dev, s.repeats, warm)
             for b in sdpa_backends:
                 run, note = _sdpa_runner(b, q, k, v)

@@ -13,7 +13,7 @@ Porter-stemmed as `rouge_score` with use_stemmer=True); a head's score is its me
 tests; retrieval heads score above 0.1.
 
 Cost: the prompt (all but its last token) is prefilled with attention that never forms a
-[query, key] pattern (torch's fused CPU/GPU attention, or `kernels.attention_with_stats` for
+[query, key] pattern (torch's fused CPU/GPU attention, or `interp_kernels.attention_with_stats` for
 sliding-window layers and on request); its keys and values go into a TransformerLens key-value
 cache. Each decoding step then runs one query row per head against the cached keys through
 TransformerLens' own attention, whose one-row pattern gives the top-1 key.

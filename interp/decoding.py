@@ -92,7 +92,7 @@ def cached_attention(model: HookedTransformer, cache: KVCache, *, attention: str
     """Inside the block, every attention layer reads and extends `cache`: positions continue from
     the cached length, keys are rotated once and stored rotated. A forward pass of n new tokens
     attends to the cached keys and causally to its own, with no [query, key] pattern for n > 1
-    (torch's fused attention, or `kernels.attention_with_stats` with attention="kernels" and on
+    (torch's fused attention, or `interp_kernels.attention_with_stats` with attention="kernels" and on
     sliding-window layers); a single new token (decoding) computes its one score row per head
     directly and passes it through hook_pattern ([batch, head, 1, key]). hook_q/k/v, hook_rot_q/k,
     hook_z (and hook_result) fire as in TransformerLens. Padding: set `cache.mask` [batch, pos]."""
@@ -115,7 +115,7 @@ def cached_attention(model: HookedTransformer, cache: KVCache, *, attention: str
 
 
 def _cached_forward(attn, layer: int, cache: KVCache, window: int | None, attention: str):
-    import kernels
+    import interp_kernels
 
     def forward(query_input, key_input, value_input, past_kv_cache_entry=None, additive_attention_mask=None,
                 attention_mask=None, position_bias=None):
@@ -131,7 +131,7 @@ def _cached_forward(attn, layer: int, cache: KVCache, window: int | None, attent
         if new == 1:
             out = _one_row(attn, qh, keys, values, scale, window, mask)
         elif offset == 0 and mask is None and (attention == "kernels" or window is not None):
-            out, _ = kernels.attention_with_stats(qh.contiguous(), keys.contiguous(), values.contiguous(), causal=True,
+            out, _ = interp_kernels.attention_with_stats(qh.contiguous(), keys.contiguous(), values.contiguous(), causal=True,
                                                   window=window, scale=scale)
         else:
             allowed = None if offset == 0 and mask is None else _allowed(offset, new, window, mask, q.device)

@@ -1,4 +1,4 @@
-"""Fast trace: a model's attention computed by `kernels.attention_with_stats`, never as a pattern.
+"""Fast trace: a model's attention computed by `interp_kernels.attention_with_stats`, never as a pattern.
 
 Inside `kernel_attention(model)`, every attention layer runs q/k/v projections, QK-norm and
 rotary exactly as TransformerLens does (so hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k fire),
@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-import kernels
+import interp_kernels
 from interp.errors import InputError
 
 
 @dataclass
 class LayerStats:
-    """Statistics of one layer for one forward pass. Per query: `stats` (kernels.AttentionStats,
+    """Statistics of one layer for one forward pass. Per query: `stats` (interp_kernels.AttentionStats,
     each field [batch, head, query]); per key, when asked: `received` and `alpha` [batch, head, key]."""
 
-    stats: kernels.AttentionStats
+    stats: interp_kernels.AttentionStats
     received: torch.Tensor | None = None
     alpha: torch.Tensor | None = None
 
@@ -81,7 +81,7 @@ def layer_windows(model: HookedTransformer) -> list[int | None]:
 
 def queries_per_key(model: HookedTransformer, n: int) -> torch.Tensor:
     """[layer, key]: how many of n causal queries see each key (the denominator of α)."""
-    from kernels.masking import queries_per_key as count
+    from interp_kernels.masking import queries_per_key as count
 
     return torch.stack([count(n, True, w) for w in layer_windows(model)])
 
@@ -134,11 +134,11 @@ def _kernel_forward(attn, layer, window, trace, sink_tokens, spans, received, ba
             k = attn.hook_rot_k(attn.apply_rotary(k, 0, None))
         qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # [batch, head, pos, d_head]
         scale = 1.0 / float(attn.attn_scale)
-        out, stats = kernels.attention_with_stats(qh, kh, vh, causal=True, window=window, scale=scale,
+        out, stats = interp_kernels.attention_with_stats(qh, kh, vh, causal=True, window=window, scale=scale,
                                                   sink_tokens=sink_tokens, spans=spans, backend=backend)
         result = LayerStats(stats)
         if received:
-            result.received, result.alpha = kernels.attention_received(qh, kh, stats.lse, causal=True, window=window,
+            result.received, result.alpha = interp_kernels.attention_received(qh, kh, stats.lse, causal=True, window=window,
                                                                       scale=scale, backend=backend)
         _deliver(layer, result, trace, keep_on, on_layer)
         z = attn.hook_z(out.transpose(1, 2))  # [batch, pos, head, d_head]

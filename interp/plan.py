@@ -12,7 +12,7 @@ analysis does per batch), peak = residual stream (2 copies) + the largest of:
   pattern chain leaves four [B, H, N, N] tensors alive at its peak (measured on CPU: 4.3 float32 copies
   with the bools), plus the [B, H, N, N] bool NaN check and the [N, N] causal mask:
   B·H·N²·(4s + 1) + N², plus q, k, v (repeated to H heads) and z;
-- fused statistics (`kernels.attention_with_stats`, `interp trace --stats`): no pattern; the largest
+- fused statistics (`interp_kernels.attention_with_stats`, `interp trace --stats`): no pattern; the largest
   temporary is the CPU backend's score tiles (two per worker thread, 2²⁰ float32 elements each in the
   fused kernel, 2²¹ in the reference backend), the head-major
   copies of q, k, v, and the statistics kept per layer, about 6 × B·H·N float32;
@@ -133,13 +133,13 @@ def activation_peak(shape: ModelShape, length: int, batch: int, s: int, fused: b
 
 def attention_scratch(batch_heads: int, n: int, d_head: int, threads: int | None = None) -> int:
     """Bytes of float32 scratch alive at once in the CPU backend ``backend="auto"`` runs (the fused
-    kernel, kernels.cpu_fused, where it builds; else the reference, kernels.reference), one chunk per
+    kernel, interp_kernels.cpu_fused, where it builds; else the reference, interp_kernels.reference), one chunk per
     worker thread: TILE_BUFFERS score tiles from its own causal chunk plan (each chunk's keys taken in
     blocks) and, in the fused kernel, ROW_BUFFERS [rows, d_head] arrays per chunk (the output
     accumulator, its normalised copy and the masked result)."""
     import torch
 
-    from kernels import cpu_fused, reference
+    from interp_kernels import cpu_fused, reference
 
     fused = cpu_fused.available()
     budget = cpu_fused.TILE_ELEMENTS if fused else reference.DEFAULT_TILE_ELEMENTS

@@ -114,7 +114,7 @@ def _trace_batch(model, batch: torch.Tensor, sink_tokens, spans, received, backe
 def _eager_layer_stats(model, batch: torch.Tensor, sink_tokens: int, spans, received: bool) -> dict[int, LayerStats]:
     """The kernels' statistics computed from TransformerLens' own attention pattern [batch, head,
     query, key] (O(pos²) memory per layer): the path for features the kernels do not express."""
-    import kernels
+    import interp_kernels
 
     out: dict[int, LayerStats] = {}
     n = batch.shape[1]
@@ -127,7 +127,7 @@ def _eager_layer_stats(model, batch: torch.Tensor, sink_tokens: int, spans, rece
         max_prob, argmax = p.max(-1)
         span_cols = [p[..., max(0, a):min(b, n)].sum(-1) for a, b in (spans or [])]
         span_mass = torch.stack(span_cols, -1) if span_cols else p.new_zeros(*p.shape[:3], 0)
-        stats = kernels.AttentionStats(lse=p.new_full(p.shape[:3], float("nan")), entropy=-plogp.sum(-1),
+        stats = interp_kernels.AttentionStats(lse=p.new_full(p.shape[:3], float("nan")), entropy=-plogp.sum(-1),
                                        max_prob=max_prob, argmax=argmax, sink_mass=p[..., :sink_tokens].sum(-1),
                                        span_mass=span_mass)
         got = p.sum(-2) if received else None  # [batch, head, key]

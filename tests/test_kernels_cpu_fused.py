@@ -1,4 +1,4 @@
-"""The fused CPU kernel (kernels/cpu_fused.c through kernels/cpu_fused.py): how it is built and loaded,
+"""The fused CPU kernel (interp_kernels/cpu_fused.c through interp_kernels/cpu_fused.py): how it is built and loaded,
 what happens without a compiler, and the cases test_kernels_reference does not reach (several threads,
 long rows over many key blocks, ties across blocks, very large scores), all against the dense float64
 oracle. Tolerances as in test_kernels_reference."""
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-import kernels
-from kernels import cpu_fused, dispatch
+import interp_kernels
+from interp_kernels import cpu_fused, dispatch
 from test_kernels_dense import assert_stats_close, dense_attention, random_qkv
 
 pytestmark = pytest.mark.skipif(not cpu_fused.available(),
@@ -33,7 +33,7 @@ def test_builds_into_an_empty_cache_with_the_system_compiler(rebuild, tmp_path):
     assert cpu_fused.available(), cpu_fused.unavailable_reason()
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".so"]  # no object file or temp folder left
     q, k, v = random_qkv(1, 4, 2, 50, 16, spread=2.0)
-    out, stats = kernels.attention_with_stats(q, k, v, window=9, sink_tokens=3, spans=[(5, 20)], backend="cpu")
+    out, stats = interp_kernels.attention_with_stats(q, k, v, window=9, sink_tokens=3, spans=[(5, 20)], backend="cpu")
     assert_stats_close(out, stats, dense_attention(q, k, v, window=9, sink_tokens=3, spans=[(5, 20)]),
                        out_tol=1e-4, stat_tol=1e-4)
 
@@ -54,10 +54,10 @@ def test_without_the_kernel_auto_falls_back_and_cpu_says_why(rebuild, tmp_path, 
     assert not cpu_fused.available()
     assert reason in cpu_fused.unavailable_reason()
     assert dispatch._resolve_backend("auto", q) == "torch"
-    out, stats = kernels.attention_with_stats(q, k, v)
+    out, stats = interp_kernels.attention_with_stats(q, k, v)
     assert_stats_close(out, stats, dense_attention(q, k, v), out_tol=1e-4, stat_tol=1e-4)
     with pytest.raises(ValueError, match=reason):
-        kernels.attention_with_stats(q, k, v, backend="cpu")
+        interp_kernels.attention_with_stats(q, k, v, backend="cpu")
 
 
 def test_loading_keeps_subnormal_numbers():

@@ -1,6 +1,6 @@
 """Dense float64 attention written straight from the definitions: the oracle for the kernel
 tests (imported by test_kernels_reference / test_kernels_triton), plus checks of the oracle
-itself. Independent of kernels/: it materialises the full N×N pattern."""
+itself. Independent of interp_kernels/: it materialises the full N×N pattern."""
 import math
 
 import pytest

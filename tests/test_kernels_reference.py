@@ -1,4 +1,4 @@
-"""The CPU backends (the chunked PyTorch reference and the fused C block kernel, kernels/cpu_fused)
+"""The CPU backends (the chunked PyTorch reference and the fused C block kernel, interp_kernels/cpu_fused)
 against the dense float64 oracle, plus the public interface.
 
 Tolerances (max |error| over max(1, max |expected|), per field): float32 inputs 1e-4 for
@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels
-from kernels import cpu_fused, dispatch, reference
-from kernels.masking import key_bounds, queries_per_key
+import interp_kernels
+from interp_kernels import cpu_fused, dispatch, reference
+from interp_kernels.masking import key_bounds, queries_per_key
 from test_kernels_dense import assert_stats_close, dense_attention, dense_mask, max_rel_err, random_qkv
 
 OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -65,7 +65,7 @@ def test_forward_matches_dense(case, chunk, path):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(dtype, backend):
     q, k, v = random_qkv(2, 6, 2, 45, 32, dtype=dtype, spread=2.0)
-    out, stats = kernels.attention_with_stats(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)], backend=backend)
+    out, stats = interp_kernels.attention_with_stats(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)], backend=backend)
     assert out.dtype == dtype
     ref = dense_attention(q, k, v, window=20, sink_tokens=4, spans=[(3, 9)])
     assert_stats_close(out, stats, ref, out_tol=OUT_TOL[dtype], stat_tol=1e-4)
@@ -73,23 +73,23 @@ def test_half_inputs(dtype, backend):
 
 def test_public_api_defaults_and_scale():
     q, k, v = random_qkv(1, 4, 2, 23, 16)
-    out, stats = kernels.attention_with_stats(q, k, v)
+    out, stats = interp_kernels.attention_with_stats(q, k, v)
     assert_stats_close(out, stats, dense_attention(q, k, v), out_tol=1e-4, stat_tol=1e-4)
-    out, stats = kernels.attention_with_stats(q, k, v, scale=0.9, causal=False)
+    out, stats = interp_kernels.attention_with_stats(q, k, v, scale=0.9, causal=False)
     assert_stats_close(out, stats, dense_attention(q, k, v, scale=0.9, causal=False), out_tol=1e-4, stat_tol=1e-4)
     assert stats.span_mass.shape == (1, 4, 23, 0)
 
 
 def test_spans_are_clipped_and_validated():
     q, k, v = random_qkv(1, 2, 1, 10, 16)
-    _, stats = kernels.attention_with_stats(q, k, v, sink_tokens=50, spans=[(0, 1000), (8, 100), (20, 30)])
+    _, stats = interp_kernels.attention_with_stats(q, k, v, sink_tokens=50, spans=[(0, 1000), (8, 100), (20, 30)])
     ones = torch.ones(1, 2, 10)
     torch.testing.assert_close(stats.sink_mass, ones)
     torch.testing.assert_close(stats.span_mass[..., 0], ones)
     assert (stats.span_mass[..., 2] == 0).all()
     for bad in ([(5, 2)], [(-1, 3)], [(1, 2, 3)], [3]):
         with pytest.raises(ValueError):
-            kernels.attention_with_stats(q, k, v, spans=bad)
+            interp_kernels.attention_with_stats(q, k, v, spans=bad)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -98,8 +98,8 @@ def test_strided_inputs_from_bnhd_layout(backend):
     q, k, v = random_qkv(2, 6, 3, 19, 16)
     qp, kp, vp = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     assert not qp.is_contiguous()
-    out_a, stats_a = kernels.attention_with_stats(q, k, v, window=5, backend=backend)
-    out_b, stats_b = kernels.attention_with_stats(qp, kp, vp, window=5, backend=backend)
+    out_a, stats_a = interp_kernels.attention_with_stats(q, k, v, window=5, backend=backend)
+    out_b, stats_b = interp_kernels.attention_with_stats(qp, kp, vp, window=5, backend=backend)
     torch.testing.assert_close(out_a, out_b)
     torch.testing.assert_close(stats_a.entropy, stats_b.entropy)
 
@@ -107,7 +107,7 @@ def test_strided_inputs_from_bnhd_layout(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_float64_inputs_compute_in_float64(backend):
     q, k, v = random_qkv(1, 2, 1, 33, 16, dtype=torch.float64, spread=3.0)
-    out, stats = kernels.attention_with_stats(q, k, v, backend=backend)
+    out, stats = interp_kernels.attention_with_stats(q, k, v, backend=backend)
     ref = dense_attention(q, k, v)
     assert out.dtype == torch.float64 and stats.lse.dtype == torch.float32
     assert max_rel_err(out, ref["out"]) < 1e-12
@@ -117,7 +117,7 @@ def test_float64_inputs_compute_in_float64(backend):
 def test_argmax_ties_go_to_lowest_index(backend):
     q = torch.zeros(1, 1, 6, 16)
     k = torch.randn(1, 1, 6, 16)
-    _, stats = kernels.attention_with_stats(q, k, k, causal=True, backend=backend)
+    _, stats = interp_kernels.attention_with_stats(q, k, k, causal=True, backend=backend)
     assert stats.argmax.tolist() == [[[0] * 6]]
     torch.testing.assert_close(stats.max_prob[0, 0], 1.0 / torch.arange(1, 7, dtype=torch.float32))
 
@@ -126,7 +126,7 @@ def test_argmax_ties_go_to_lowest_index(backend):
 @pytest.mark.parametrize("chunk", [None, 9])
 def test_received_matches_dense(causal, window, chunk):
     q, k, v = random_qkv(2, 6, 2, 41, 16, spread=2.0)
-    _, stats = kernels.attention_with_stats(q, k, v, causal=causal, window=window)
+    _, stats = interp_kernels.attention_with_stats(q, k, v, causal=causal, window=window)
     received, alpha = reference.received(q, k, stats.lse, causal=causal, window=window, scale=0.25, chunk_size=chunk)
     ref = dense_attention(q, k, v, causal=causal, window=window)
     assert received.dtype == alpha.dtype == torch.float32
@@ -136,8 +136,8 @@ def test_received_matches_dense(causal, window, chunk):
 
 def test_received_public_api_and_sink_alpha():
     q, k, v = random_qkv(1, 9, 3, 64, 16, spread=2.0)
-    _, stats = kernels.attention_with_stats(q, k, v)
-    received, alpha = kernels.attention_received(q, k, stats.lse)
+    _, stats = interp_kernels.attention_with_stats(q, k, v)
+    received, alpha = interp_kernels.attention_received(q, k, stats.lse)
     ref = dense_attention(q, k, v)
     assert max_rel_err(alpha, ref["alpha"]) < 1e-4
     torch.testing.assert_close(received.sum(-1), torch.full((1, 9), 64.0), rtol=1e-5, atol=1e-4)
@@ -197,8 +197,8 @@ def test_cpu_backends_never_build_an_n_by_n_tile(backend, budget):
     q, k, v = random_qkv(1, 1, 1, n, 16)
     watch = _LargestTensor()
     with watch:
-        _, stats = kernels.attention_with_stats(q, k, v, backend=backend)
-        kernels.attention_received(q, k, stats.lse, backend=backend)
+        _, stats = interp_kernels.attention_with_stats(q, k, v, backend=backend)
+        interp_kernels.attention_received(q, k, stats.lse, backend=backend)
     assert budget * 4 <= n * n
     assert watch.largest <= max(budget, reference.DEFAULT_TILE_ELEMENTS)
 
@@ -232,44 +232,44 @@ def test_row_max_matches_max_with_ties_to_the_lowest_index():
 def test_validation_errors(monkeypatch):
     q, k, v = random_qkv(1, 4, 3, 8, 16)
     with pytest.raises(ValueError, match="multiple"):
-        kernels.attention_with_stats(q, k, k)
+        interp_kernels.attention_with_stats(q, k, k)
     q, k, v = random_qkv(1, 4, 2, 8, 16)
     for kwargs in ({"window": 0}, {"window": 2.5}, {"sink_tokens": -1}, {"backend": "cuda"}):
         with pytest.raises(ValueError):
-            kernels.attention_with_stats(q, k, v, **kwargs)
+            interp_kernels.attention_with_stats(q, k, v, **kwargs)
     with pytest.raises(ValueError):
-        kernels.attention_with_stats(q, k[:, :, :5], v)
+        interp_kernels.attention_with_stats(q, k[:, :, :5], v)
     with pytest.raises(ValueError):
-        kernels.attention_received(q, k, torch.zeros(1, 4, 7))
+        interp_kernels.attention_received(q, k, torch.zeros(1, 4, 7))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        kernels.attention_with_stats(q, k, v, backend="triton")
+        interp_kernels.attention_with_stats(q, k, v, backend="triton")
 
 
 @needs_cc
 def test_auto_uses_the_fused_kernel_on_cpu():
     q, k, v = random_qkv(1, 2, 1, 9, 16)
     assert dispatch._resolve_backend("auto", q) == "cpu"
-    out_auto, _ = kernels.attention_with_stats(q, k, v, backend="auto")
-    out_cpu, _ = kernels.attention_with_stats(q, k, v, backend="cpu")
+    out_auto, _ = interp_kernels.attention_with_stats(q, k, v, backend="auto")
+    out_cpu, _ = interp_kernels.attention_with_stats(q, k, v, backend="cpu")
     assert torch.equal(out_auto, out_cpu)
 
 
 def test_stats_container():
     q, k, v = random_qkv(1, 2, 1, 9, 16)
-    _, stats = kernels.attention_with_stats(q, k, v, spans=[(0, 2)])
-    assert kernels.AttentionStats.names() == ("lse", "entropy", "max_prob", "argmax", "sink_mass", "span_mass")
+    _, stats = interp_kernels.attention_with_stats(q, k, v, spans=[(0, 2)])
+    assert interp_kernels.AttentionStats.names() == ("lse", "entropy", "max_prob", "argmax", "sink_mass", "span_mass")
     exported = stats.to_dict()
     assert set(exported) == set(stats.names()) and exported["lse"] is stats.lse
     moved = stats.to("cpu")
-    assert isinstance(moved, kernels.AttentionStats) and torch.equal(moved.argmax, stats.argmax)
+    assert isinstance(moved, interp_kernels.AttentionStats) and torch.equal(moved.argmax, stats.argmax)
     assert math.isclose(float(stats.cpu().sink_mass[0, 0, 0]), 1.0)
 
 
 def test_inference_only_outputs_carry_no_grad():
     q, k, v = (x.requires_grad_() for x in random_qkv(1, 2, 1, 9, 16))
-    out, stats = kernels.attention_with_stats(q, k, v)
-    received, alpha = kernels.attention_received(q, k, stats.lse)
+    out, stats = interp_kernels.attention_with_stats(q, k, v)
+    received, alpha = interp_kernels.attention_received(q, k, stats.lse)
     assert not any(t.requires_grad for t in (out, stats.lse, received, alpha))
 
 

@@ -22,8 +22,8 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
-import kernels  # noqa: E402
-from kernels import triton_forward, triton_received  # noqa: E402
+import interp_kernels  # noqa: E402
+from interp_kernels import triton_forward, triton_received  # noqa: E402
 from test_kernels_dense import assert_stats_close, dense_attention, max_rel_err, random_qkv  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -127,24 +127,24 @@ def test_received_unequal_blocks_and_deterministic(block):
 def test_public_api_triton_backend_agrees_with_torch():
     q, k, v = random_qkv(1, 4, 1, 37, 16, spread=2.0)
     q, k, v = (x.to(DEVICE) for x in (q, k, v))
-    out_t, stats_t = kernels.attention_with_stats(q, k, v, window=15, sink_tokens=4, spans=[(2, 30)], backend="triton")
-    out_r, stats_r = kernels.attention_with_stats(q, k, v, window=15, sink_tokens=4, spans=[(2, 30)], backend="torch")
+    out_t, stats_t = interp_kernels.attention_with_stats(q, k, v, window=15, sink_tokens=4, spans=[(2, 30)], backend="triton")
+    out_r, stats_r = interp_kernels.attention_with_stats(q, k, v, window=15, sink_tokens=4, spans=[(2, 30)], backend="torch")
     assert max_rel_err(out_t, out_r) < 1e-4
     for name in ("lse", "entropy", "max_prob", "sink_mass", "span_mass"):
         assert max_rel_err(getattr(stats_t, name), getattr(stats_r, name)) < 1e-4, name
-    recv_t = kernels.attention_received(q, k, stats_t.lse, window=15, backend="triton")
-    recv_r = kernels.attention_received(q, k, stats_r.lse, window=15, backend="torch")
+    recv_t = interp_kernels.attention_received(q, k, stats_t.lse, window=15, backend="triton")
+    recv_r = interp_kernels.attention_received(q, k, stats_r.lse, window=15, backend="torch")
     assert all(max_rel_err(a, b) < 1e-4 for a, b in zip(recv_t, recv_r))
 
 
 def test_triton_backend_rejects_what_it_cannot_run():
     q, k, v = random_qkv(1, 2, 1, 8, 16)
     with pytest.raises(ValueError, match="spans"):
-        kernels.attention_with_stats(q, k, v, spans=[(0, 1)] * 64, backend="triton")
+        interp_kernels.attention_with_stats(q, k, v, spans=[(0, 1)] * 64, backend="triton")
     with pytest.raises(ValueError, match="head dim"):
-        kernels.attention_with_stats(*random_qkv(1, 2, 1, 8, 24), backend="triton")
+        interp_kernels.attention_with_stats(*random_qkv(1, 2, 1, 8, 24), backend="triton")
     with pytest.raises(ValueError, match="float"):
-        kernels.attention_with_stats(*random_qkv(1, 2, 1, 8, 16, dtype=torch.float64), backend="triton")
+        interp_kernels.attention_with_stats(*random_qkv(1, 2, 1, 8, 16, dtype=torch.float64), backend="triton")
 
 
 def test_rows_that_see_no_key_are_defined():
@@ -180,8 +180,8 @@ def test_argmax_ties_go_to_lowest_index_across_blocks():
 
 _AOT_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from kernels import aot, triton_forward, triton_received
-    from kernels.triton_common import SHARED_MEMORY_BY_ARCH, dtype_bytes
+    from interp_kernels import aot, triton_forward, triton_received
+    from interp_kernels.triton_common import SHARED_MEMORY_BY_ARCH, dtype_bytes
     # Every config the H100/H200 autotuning benchmarks for the SmolLM2/Llama head dims in bf16,
     # then one config per other arch, dtype and masking.
     jobs = [(aot.compile_forward, 128, torch.bfloat16, 90, True, None, c)
@@ -239,7 +239,7 @@ def test_autotune_configs_compile_for_sm90_sm86_and_sm80(tmp_path):
 
 
 def test_pruning_keeps_a_config_for_every_head_dim_and_arch():
-    from kernels import aot
+    from interp_kernels import aot
 
     for module in (triton_forward, triton_received):
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
@@ -262,7 +262,7 @@ _OFFSETS_SCRIPT = textwrap.dedent("""
     import os, sys, tempfile
     import torch
     sys.path.insert(0, "tests")
-    from kernels import triton_forward, triton_received
+    from interp_kernels import triton_forward, triton_received
     from test_kernels_dense import assert_stats_close, dense_attention, max_rel_err
     # Rows 2^24 elements apart: offsets reach 160 * 2^24 > 2^31. The rows live in a sparse file
     # (5 GiB of address space, ~1 MiB of touched pages); the interpreter does int32 arithmetic
@@ -305,15 +305,15 @@ def test_row_offsets_past_two_to_the_31_elements(tmp_path):
 @pytest.mark.parametrize("d,h,hkv", [(64, 9, 3), (128, 32, 8)])
 def test_cuda_bf16_against_torch_backend(d, h, hkv):
     q, k, v = (x.cuda() for x in random_qkv(2, h, hkv, 1000, d, dtype=torch.bfloat16, spread=2.0))
-    out_t, stats_t = kernels.attention_with_stats(q, k, v, sink_tokens=4, spans=[(0, 100)], backend="triton")
-    out_r, stats_r = kernels.attention_with_stats(q, k, v, sink_tokens=4, spans=[(0, 100)], backend="torch")
+    out_t, stats_t = interp_kernels.attention_with_stats(q, k, v, sink_tokens=4, spans=[(0, 100)], backend="triton")
+    out_r, stats_r = interp_kernels.attention_with_stats(q, k, v, sink_tokens=4, spans=[(0, 100)], backend="torch")
     assert max_rel_err(out_t, out_r) < OUT_TOL[torch.bfloat16]
     for name in ("lse", "entropy", "max_prob", "sink_mass", "span_mass"):
         assert max_rel_err(getattr(stats_t, name), getattr(stats_r, name)) < 5e-3, name
-    first = kernels.attention_received(q, k, stats_t.lse, backend="triton")
-    second = kernels.attention_received(q, k, stats_t.lse, backend="triton")
+    first = interp_kernels.attention_received(q, k, stats_t.lse, backend="triton")
+    second = interp_kernels.attention_received(q, k, stats_t.lse, backend="triton")
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    ref = kernels.attention_received(q, k, stats_t.lse, backend="torch")
+    ref = interp_kernels.attention_received(q, k, stats_t.lse, backend="torch")
     assert all(max_rel_err(a, b) < 1e-3 for a, b in zip(first, ref))
 
 
@@ -321,7 +321,7 @@ def test_cuda_bf16_against_torch_backend(d, h, hkv):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_float32_and_window_against_dense():
     q, k, v = random_qkv(1, 4, 2, 300, 64, spread=2.0)
-    out, stats = kernels.attention_with_stats(q.cuda(), k.cuda(), v.cuda(), window=100, spans=[(5, 50)])
+    out, stats = interp_kernels.attention_with_stats(q.cuda(), k.cuda(), v.cuda(), window=100, spans=[(5, 50)])
     ref = dense_attention(q, k, v, window=100, spans=[(5, 50)])
     assert_stats_close(out.cpu(), stats.cpu(), ref, out_tol=1e-4, stat_tol=1e-4)
 
@@ -335,7 +335,7 @@ def test_cuda_kernels_against_dense_float64(dtype, causal, window):
     first config this GPU's pruning keeps (one compile per case; autotuning is tested below).
     Masses (sink, spans) are IEEE float32 dots whatever the input dtype: held to 2e-4 (through
     tf32 they were about 2e-3 off)."""
-    from kernels import aot
+    from interp_kernels import aot
 
     props = torch.cuda.get_device_properties(0)
     arch = props.major * 10 + props.minor
@@ -360,12 +360,12 @@ def test_cuda_kernels_against_dense_float64(dtype, causal, window):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_autotuning_picks_a_config_and_keeps_it():
     q, k, v = (x.cuda() for x in random_qkv(1, 9, 3, 1500, 64, dtype=torch.bfloat16, spread=2.0))
-    first, _ = kernels.attention_with_stats(q, k, v, backend="triton")
+    first, _ = interp_kernels.attention_with_stats(q, k, v, backend="triton")
     picked = triton_forward.best_configs()
     assert picked and all({"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} <= set(c) for c in picked.values())
-    again, _ = kernels.attention_with_stats(q, k, v, backend="triton")
+    again, _ = interp_kernels.attention_with_stats(q, k, v, backend="triton")
     assert torch.equal(first, again) and triton_forward.best_configs() == picked  # cached: no re-tuning
-    ref, _ = kernels.attention_with_stats(q, k, v, backend="torch")
+    ref, _ = interp_kernels.attention_with_stats(q, k, v, backend="torch")
     assert max_rel_err(first, ref) < OUT_TOL[torch.bfloat16]
 
 

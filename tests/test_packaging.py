@@ -5,14 +5,19 @@ from importlib.metadata import entry_points, version
 from pathlib import Path
 
 
-def test_transformers_does_not_mistake_our_kernels_for_hugging_face_kernels():
-    """Our import package `kernels` shares its name with an unrelated HF package transformers probes."""
-    code = ("import kernels, transformers.utils as u; "
-            "print(u.is_kernels_available(), Path(kernels.__file__).parent.parent == Path(sys.argv[1]))")
-    proc = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; " + code, str(Path(__file__).parent.parent)],
+def test_our_kernels_do_not_shadow_hugging_face_kernels():
+    """Our attention kernels are the import package `interp_kernels`: the name `kernels` belongs to Hugging
+    Face's distribution, which transformers >= 5.25 requires and imports (a package of ours called
+    `kernels` broke every `import transformers` and would overwrite theirs on install)."""
+    code = ("import importlib.util, sys; from pathlib import Path; import interp_kernels, transformers; "
+            "spec = importlib.util.find_spec('kernels'); "
+            "print(Path(interp_kernels.__file__).parent.parent == Path(sys.argv[1]), "
+            "spec is None or Path(sys.argv[1]) not in Path(spec.origin).parents)")
+    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent.parent)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "True"]
+    assert proc.stdout.split() == ["True", "True"]
+    assert not (Path(__file__).parent.parent / "kernels").exists()
 
 
 def test_distribution_and_console_script():
@@ -27,7 +32,7 @@ def test_every_package_of_the_tree_is_in_the_distribution():
 
     root = Path(__file__).parent.parent
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(root).parts) for top in ("kernels", "interp", "circuits", "saes")
+    found = {".".join(p.parent.relative_to(root).parts) for top in ("interp_kernels", "interp", "circuits", "saes")
              for p in (root / top).rglob("__init__.py")}
     assert found == listed
 
@@ -39,7 +44,7 @@ def test_every_data_file_of_the_tree_is_in_the_distribution():
 
     root = Path(__file__).parent.parent
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    files = [p for top in ("kernels", "interp", "circuits", "saes") for p in (root / top).rglob("*")
+    files = [p for top in ("interp_kernels", "interp", "circuits", "saes") for p in (root / top).rglob("*")
              if p.is_file() and p.suffix not in (".py", ".pyc")]
     assert {"cpu_fused.c", "harmful.jsonl"} <= {p.name for p in files}
     for path in files:

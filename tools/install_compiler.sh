@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A C compiler for the fused CPU attention kernel (kernels/cpu_fused.c, built on first use; without
+# A C compiler for the fused CPU attention kernel (interp_kernels/cpu_fused.c, built on first use; without
 # one the workbench falls back to the slower torch backend, and the kernel's tests are skipped).
 # Debian's gcc is installed once where apt-get exists.
 set -u

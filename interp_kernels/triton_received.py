@@ -80,7 +80,7 @@ def _recv_range(total, k, q_base, lse_base, stride_qn, offs_n, lo, hi, n_ctx, wi
 
 @triton.jit
 def _queries_per_key(offs_n, n_ctx, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """How many queries see each key offs_n (kernels.masking.queries_per_key)."""
+    """How many queries see each key offs_n (interp_kernels.masking.queries_per_key)."""
     if CAUSAL:
         count = n_ctx - offs_n
         if HAS_WINDOW:
@@ -148,7 +148,7 @@ def best_configs() -> dict[str, dict]:
 
 def received(q, k, lse, *, causal: bool, window: int | None, scale: float,
              block: tuple[int, int, int, int] | None = None):
-    """Launch the key-major pass; same contract as ``kernels.reference.received``.
+    """Launch the key-major pass; same contract as ``interp_kernels.reference.received``.
 
     q ``[B, H, N, d]``, k ``[B, H_kv, N, d]`` with unit stride on d, lse float32 ``[B, H, N]``.
     ``block`` fixes (BLOCK_N, BLOCK_M, num_warps, num_stages); without it the launch is

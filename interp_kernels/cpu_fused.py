@@ -1,4 +1,4 @@
-"""The fused CPU backend: the chunked plan of ``kernels.reference`` with one C loop per key block.
+"""The fused CPU backend: the chunked plan of ``interp_kernels.reference`` with one C loop per key block.
 
 Per query chunk and key block: a GEMM writes the scores ``s = q·kᵀ·scale``; ``block_update``
 (``cpu_fused.c``) reads each score row once and updates the row's running max, Σ e, Σ e·(s − max),

@@ -113,7 +113,7 @@ def tuned_configs(kernel) -> dict[str, dict]:
 
 @triton.jit
 def visible(q_pos, k_pos, n_ctx, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """Mask: query q_pos sees key k_pos (rules in kernels.masking); the two position tensors
+    """Mask: query q_pos sees key k_pos (rules in interp_kernels.masking); the two position tensors
     are broadcast against each other, e.g. [BLOCK_M, 1] and [1, BLOCK_N]."""
     ok = (k_pos < n_ctx) & (q_pos >= 0)
     if CAUSAL:

@@ -125,7 +125,7 @@ def compile_all(archs=(80, 86, 90), head_dims=(64, 128), dtypes=(torch.bfloat16,
                                "limit": SHARED_MEMORY_BY_ARCH[arch], "seconds": time.perf_counter() - start}
 
 
-if __name__ == "__main__":  # python -m kernels.aot: the whole matrix, one line per compile
+if __name__ == "__main__":  # python -m interp_kernels.aot: the whole matrix, one line per compile
     import json
     import sys
 

@@ -1,8 +1,8 @@
 """Public entry points: argument checks, backend choice, then a call into a backend.
 
-Backends: "torch" (kernels.reference, any device), "cpu" (kernels.cpu_fused: the same chunked
+Backends: "torch" (interp_kernels.reference, any device), "cpu" (interp_kernels.cpu_fused: the same chunked
 plan with a compiled C loop per key block; CPU tensors, needs a C compiler on first use) and
-"triton" (kernels.triton_forward / kernels.triton_received; CUDA, or CPU under
+"triton" (interp_kernels.triton_forward / interp_kernels.triton_received; CUDA, or CPU under
 TRITON_INTERPRET=1). "auto" picks triton for CUDA tensors when triton imports and supports the
 dtype (fp16, bf16, fp32), the head dim (a power of two in 16..256) and the number of spans (at
 most 63); cpu for CPU tensors when its kernel builds; torch otherwise. ``attention_received``

@@ -1,4 +1,4 @@
-/* One key block of attention with per-query statistics, for the CPU backend (kernels/cpu_fused.py).
+/* One key block of attention with per-query statistics, for the CPU backend (interp_kernels/cpu_fused.py).
  *
  * The caller computes the block's scores s = q·kᵀ·scale with a GEMM, calls block_update, then adds
  * e·v to acc with a second GEMM. block_update reads each score row once (in L1 after the row max)

@@ -204,7 +204,7 @@ def best_configs() -> dict[str, dict]:
 
 def forward(q, k, v, *, causal: bool, window: int | None, scale: float,
             mass_ranges: list[tuple[int, int]], block: tuple[int, int, int, int] | None = None):
-    """Launch the forward kernel; same contract as ``kernels.reference.forward``.
+    """Launch the forward kernel; same contract as ``interp_kernels.reference.forward``.
 
     q ``[B, H, N, d]``, k and v ``[B, H_kv, N, d]`` with unit stride on d. ``block`` fixes
     (BLOCK_M, BLOCK_N, num_warps, num_stages); without it the launch is autotuned over
