@@ -16,6 +16,7 @@ import torch
 
 from interp.head_ids import HeadId
 from interp.head_table import HeadTable
+from saes.evaluate import feature_acts
 
 
 def _blocks(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -83,11 +84,11 @@ def direct_feature_attribution(model, sae, tokens: torch.Tensor, feature: int, *
     n_heads = model.cfg.n_heads
     group = n_heads // v.shape[1]
     v = v.repeat_interleave(group, dim=1)                            # [q+1, n_heads, d_head]
-    w = _blocks(sae.W_enc.detach().T.double(), n_heads)[feature]    # [n_heads, d_head]
+    w = _blocks(sae.W_enc.detach().T.double(), n_heads)[feature].to(v.device)  # [n_heads, d_head]
     value_dot = torch.einsum("shd,hd->hs", v, w)                     # [n_heads, q+1]
-    by_head_source = pattern * value_dot
+    by_head_source = (pattern * value_dot).cpu()
     bias = float(sae.b_enc[feature].double() - sae.cfg.apply_b_dec_to_input * (sae.b_dec.double() @ sae.W_enc[:, feature].double()))
-    acts = sae.encode(cache[names[2]][0, q].flatten().to(sae.W_enc.dtype)[None])[0]
+    acts = feature_acts(sae, cache[names[2]][0, q][None])[0]
     return {"feature": feature, "layer": layer, "position": q, "by_head_source": by_head_source,
             "by_head": by_head_source.sum(1), "by_source": by_head_source.sum(0), "bias": bias,
             "pre_activation": float(by_head_source.sum() + bias), "activation": float(acts[feature]),

@@ -77,9 +77,10 @@ def _text(model, ids: torch.Tensor) -> str:
 def logit_effects(model, sae, feature: int, *, layer: int, k: int = 8) -> pd.DataFrame:
     """Tokens feature `feature` raises and lowers most through the direct path W_dec -> W_O -> W_U."""
     n_heads = model.cfg.n_heads
-    blocks = sae.W_dec[feature].detach().float().reshape(n_heads, -1)            # [n_heads, d_head]
-    direction = torch.einsum("hd,hdm->m", blocks, model.W_O[layer].float())       # [d_model]
-    logits = direction @ model.W_U.float()
+    w_o = model.W_O[layer].float()
+    blocks = sae.W_dec[feature].detach().float().reshape(n_heads, -1).to(w_o.device)  # [n_heads, d_head]
+    direction = torch.einsum("hd,hdm->m", blocks, w_o)                             # [d_model]
+    logits = (direction.to(model.W_U.device) @ model.W_U.float()).cpu()
     up, down = logits.topk(k), (-logits).topk(k)
     rows = [{"direction": "up", "token": _text(model, torch.tensor([int(i)])), "logit": float(v)}
             for v, i in zip(up.values, up.indices)]

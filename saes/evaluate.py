@@ -117,14 +117,15 @@ def check_fits(model, sae, layer: int | None = None) -> int:
 
 @torch.no_grad()
 def feature_acts(sae, z: torch.Tensor) -> torch.Tensor:
-    """Latent activations for hook_z `z` [..., n_heads, d_head] -> [..., d_sae]."""
-    return sae.encode(z.flatten(-2).to(sae.W_enc.dtype))
+    """Latent activations for hook_z `z` [..., n_heads, d_head] -> [..., d_sae], on the SAE's device (a split
+    model's hook_z lives on its layer's device)."""
+    return sae.encode(z.flatten(-2).to(device=sae.W_enc.device, dtype=sae.W_enc.dtype))
 
 
 @torch.no_grad()
 def reconstruct(sae, z: torch.Tensor) -> torch.Tensor:
-    """The SAE's reconstruction of hook_z, same shape as `z`."""
-    return sae.decode(feature_acts(sae, z)).reshape(z.shape).to(z.dtype)
+    """The SAE's reconstruction of hook_z, same shape, dtype and device as `z`."""
+    return sae.decode(feature_acts(sae, z)).reshape(z.shape).to(device=z.device, dtype=z.dtype)
 
 
 @torch.no_grad()
@@ -155,7 +156,7 @@ def _evaluate(model, sae, tokens: torch.Tensor, *, layer: int | None, batch_size
         logits, cache = model.run_with_cache(batch, names_filter=[z_name, resid_name])
         z, resid = cache[z_name], cache[resid_name]
         acts = feature_acts(sae, z)
-        recon = sae.decode(acts).reshape(z.shape).to(z.dtype)
+        recon = sae.decode(acts).reshape(z.shape).to(device=z.device, dtype=z.dtype)
         patched = {
             "sae": _run_from(model, resid, layer, z_name, lambda _z, hook, r=recon: r),
             "zero": _run_from(model, resid, layer, z_name, lambda _z, hook: torch.zeros_like(_z)),
@@ -215,13 +216,14 @@ def firing_counts(model, sae, tokens: torch.Tensor, *, layer: int, batch_size: i
 
 
 def _run_from(model, resid: torch.Tensor, layer: int, z_name: str, replace) -> torch.Tensor:
-    """Logits of the model run from block `layer`'s input `resid` with hook_z replaced."""
+    """Logits of the model run from block `layer`'s input `resid` with hook_z replaced (on a split model
+    TransformerLens moves the residual to each block's device, and `replace` returns hook_z's device)."""
     return model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(z_name, replace)])
 
 
 def _next_token_loss(logp: torch.Tensor, tokens: torch.Tensor) -> float:
     """Summed next-token negative log-likelihood over all predicted positions (nats)."""
-    return float(-logp[:, :-1].gather(-1, tokens[:, 1:, None]).sum())
+    return float(-logp[:, :-1].gather(-1, tokens[:, 1:, None].to(logp.device)).sum())
 
 
 def _score(ablated: float, patched: float, clean: float) -> float | None:

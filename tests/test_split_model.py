@@ -65,3 +65,37 @@ def test_greedy_decoding_on_a_split_model_equals_one_device(pair):
     prompt = _prompts(1, 24)[0]
     one, two = (decode_with_top1(m, prompt, max_new_tokens=8) for m in pair)
     assert two.tokens == one.tokens and torch.equal(two.top1, one.top1)
+
+
+@pytest.fixture(scope="module")
+def sae(pair):
+    """A random sae_lens StandardSAE on hook_z of layer 2 (the second GPU's first layer), on cuda:0."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    cfg = pair[0].cfg
+    torch.manual_seed(0)
+    return StandardSAE(StandardSAEConfig(d_in=cfg.n_heads * cfg.d_head, d_sae=32, device="cuda:0"))
+
+
+def test_sae_evaluation_on_a_split_model_equals_one_device(pair, sae):
+    """Splicing the reconstruction into hook_z on cuda:1, the losses on the last device, the firing counts."""
+    from saes.evaluate import evaluate_sae, firing_counts
+
+    tokens = torch.stack([p[:30] for p in _prompts(4, 40)])
+    one, two = (evaluate_sae(m, sae, tokens, layer=2, batch_size=2, frequency_tokens=tokens[:2]) for m in pair)
+    for key in ("l0", "explained_variance", "ce_loss_with_sae", "ce_loss_with_ablation", "kl_div_with_sae",
+                "dead_features", "error_norm"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5), key
+    assert torch.equal(*(firing_counts(m, sae, tokens, layer=2) for m in pair))
+
+
+def test_sae_attribution_on_a_split_model_equals_one_device(pair, sae):
+    from saes.attribution import direct_feature_attribution
+    from saes.dashboards import logit_effects
+
+    prompt = _prompts(1, 20)[0]
+    one, two = (direct_feature_attribution(m, sae, prompt, 3, layer=2) for m in pair)
+    assert torch.allclose(two["by_head_source"], one["by_head_source"], atol=1e-6)
+    assert two["activation"] == pytest.approx(one["activation"], abs=1e-5)
+    a, b = (logit_effects(m, sae, 3, layer=2) for m in pair)
+    assert list(a["token"]) == list(b["token"])
