@@ -10,7 +10,7 @@ CPU part: the CPU backend "auto" picks (the fused C kernel where it builds, else
 torch reference): time and peak RSS for (d=64, H=9, H_kv=3), each N in a fresh subprocess so the
 peak belongs to that N alone, next to the size of a dense pattern.
 ``--part cpu-vs-sdpa``: torch SDPA's forward, the fused backend's forward+stats ("cpu") and the
-reference backend's ("torch") timed alternately in one process per N (median of --cpu-repeats
+reference backend's ("torch"), and both backends' attention-received pass, timed alternately in one process per N (median of --cpu-repeats
 each), the ratio that the 1.5× target is about; on a shared machine only that side-by-side ratio
 is meaningful.
 
@@ -221,9 +221,12 @@ def cpu_vs_sdpa_one(n: int, repeats: int) -> dict:
     peak RSS of one call of each."""
     d, h, hkv = CPU_SHAPE
     q, k, v = random_inputs(n, d, h, hkv, torch.float32, "cpu")
+    lse = interp_kernels.attention_with_stats(q, k, v, causal=True)[1].lse
     calls = {"sdpa": lambda: sdpa_cpu(q, k, v),
              "fused": lambda: interp_kernels.attention_with_stats(q, k, v, causal=True, backend="cpu"),
-             "reference": lambda: interp_kernels.attention_with_stats(q, k, v, causal=True, backend="torch")}
+             "reference": lambda: interp_kernels.attention_with_stats(q, k, v, causal=True, backend="torch"),
+             "fused_received": lambda: interp_kernels.attention_received(q, k, lse, causal=True, backend="cpu"),
+             "reference_received": lambda: interp_kernels.attention_received(q, k, lse, causal=True, backend="torch")}
     small = [x[:, :, :256] for x in (q, k, v)]
     sdpa_cpu(*small), interp_kernels.attention_with_stats(*small, backend="cpu"), interp_kernels.attention_with_stats(*small, backend="torch")
     row = {"N": n, "d": d, "H": h, "H_kv": hkv, "repeats": repeats}
@@ -236,8 +239,8 @@ def cpu_vs_sdpa_one(n: int, repeats: int) -> dict:
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
     row |= {f"{name}_s": med[name] for name in calls} | {f"{name}_all_s": times[name] for name in calls}
-    row |= {"fused_ratio": med["fused"] / med["sdpa"], "reference_ratio": med["reference"] / med["sdpa"],
-            "load_average": os.getloadavg()}
+    row |= {f"{name}_ratio": med[name] / med["sdpa"] for name in calls if name != "sdpa"}
+    row["load_average"] = os.getloadavg()
     return row
 
 
@@ -253,13 +256,14 @@ def cpu_vs_sdpa_rows(lengths, repeats, threads):
 
 def cpu_vs_sdpa_table(rows):
     lines = ["| d | H/H_kv | N | repeats | SDPA forward s (median) | fused forward+stats s | fused / SDPA "
-             "| reference forward+stats s | reference / SDPA | fused / reference / SDPA peak RSS MiB "
-             "| load average (1 min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| reference forward+stats s | reference / SDPA | received fused / SDPA | received reference / SDPA "
+             "| fused / reference / SDPA peak RSS MiB | load average (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['d']} | {r['H']}/{r['H_kv']} | {r['N']} | {r['repeats']} | {r['sdpa_s']:.3f} | "
                      f"{r['fused_s']:.3f} | {r['fused_ratio']:.2f} | {r['reference_s']:.3f} | "
-                     f"{r['reference_ratio']:.2f} | {r['fused_peak_rss_MiB']:.0f} / {r['reference_peak_rss_MiB']:.0f} / "
+                     f"{r['reference_ratio']:.2f} | {r['fused_received_ratio']:.2f} | {r['reference_received_ratio']:.2f} | "
+                     f"{r['fused_peak_rss_MiB']:.0f} / {r['reference_peak_rss_MiB']:.0f} / "
                      f"{r['sdpa_peak_rss_MiB']:.0f} | {r['load_average'][0]:.1f} |")
     return "\n".join(lines)
 

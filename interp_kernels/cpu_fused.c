@@ -76,3 +76,27 @@ void NAME(const T *s, T *e, T *acc, int64_t rows, int64_t k, int64_t d, int64_t 
 
 BLOCK_UPDATE(block_update_f32, float, expf)
 BLOCK_UPDATE(block_update_f64, double, exp)
+
+/* Attention received by one key block's keys from `rows` query rows: col[head·ld + j] += exp(s - lse) over
+ * the keys each row sees (rows [B, H_kv, g, C] flattened, head = r / C; col points at the block's first key
+ * of a [B·H, ld] array). A row with |lse| >= 1e38 (the caller's mark for a row that saw no key) adds nothing. */
+#define RECEIVED_BLOCK(NAME, T, EXP)                                                               \
+void NAME(const T *s, const T *lse, T *col, int64_t ld, int64_t rows, int64_t k, int64_t j0,      \
+          int64_t q0, int64_t c, int64_t causal, int64_t window) {                                 \
+    for (int64_t r = 0; r < rows; ++r) {                                                           \
+        const T *sr = s + r * k;                                                                   \
+        T *cr = col + (r / c) * ld;                                                                \
+        T l = lse[r];                                                                              \
+        int64_t i = q0 + r % c, lo = 0, hi = k;                                                    \
+        if (!(l < 1.0e38 && l > -1.0e38)) continue;                                                \
+        if (causal && i - j0 + 1 < hi) hi = i - j0 + 1;                                            \
+        if (window >= 0) {                                                                         \
+            if (i - window + 1 - j0 > lo) lo = i - window + 1 - j0;                                \
+            if (!causal && i + window - j0 < hi) hi = i + window - j0;                             \
+        }                                                                                          \
+        for (int64_t j = lo; j < hi; ++j) cr[j] += EXP(sr[j] - l);                                 \
+    }                                                                                              \
+}
+
+RECEIVED_BLOCK(received_block_f32, float, expf)
+RECEIVED_BLOCK(received_block_f64, double, exp)

@@ -44,6 +44,8 @@ MIN_ROWS = 256
 EMPTY_MAX = -3.0e38  # the running max before a row has seen a key (the C code uses no infinities)
 
 _ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 8 + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 5
+_RECEIVED_ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 8
+NO_KEY_LSE = 3.0e38  # the lse the received kernel skips (a row that saw no key: lse = -inf)
 _problem: list[str] = []
 
 
@@ -105,6 +107,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for fn in (lib.block_update_f32, lib.block_update_f64):
         fn.argtypes, fn.restype = _ARGS, None
+    for fn in (lib.received_block_f32, lib.received_block_f64):
+        fn.argtypes, fn.restype = _RECEIVED_ARGS, None
     return lib
 
 
@@ -200,6 +204,47 @@ def forward(q, k, v, *, causal: bool, window: int | None, scale: float, mass_ran
     stats = AttentionStats(lse=lse, entropy=entropy, max_prob=max_prob, argmax=argmax,
                            sink_mass=mass_all[..., 0].contiguous(), span_mass=mass_all[..., 1:].contiguous())
     return out, stats
+
+
+def received(q, k, lse, *, causal: bool, window: int | None, scale: float, chunk_size: int | None = None,
+             tile_elements: int | None = None, min_rows: int | None = None):
+    """Attention each key receives on CPU tensors, as ``reference.received`` (same arguments and result): per
+    key block a GEMM writes the scores and ``received_block`` adds exp(s - lse) over the keys each query sees
+    straight into the worker's [B·H, N] partial sums. Raises RuntimeError when the kernel is not available."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the fused CPU kernel is not available: {unavailable_reason()}")
+    b, h, n, d = q.shape
+    hkv = k.shape[1]
+    g = h // hkv
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    add = lib.received_block_f64 if cd == torch.float64 else lib.received_block_f32
+    tile_elements = tile_elements or TILE_ELEMENTS
+    qg = q.unflatten(1, (hkv, g))
+    k3 = k.to(cd).reshape(b * hkv, n, d)
+    lse_g = torch.where(torch.isfinite(lse), lse, NO_KEY_LSE).to(cd).unflatten(1, (hkv, g))
+    plan = reference.chunks(b * h, n, causal, window, chunk_size, min_rows or MIN_ROWS, tile_elements)
+    tile = max(reference.chunk_tiles(b * h, n, plan, causal, window, tile_elements))
+    count = reference.workers(q.device, len(plan))
+    partial = [torch.zeros((b * h, n), dtype=cd) for _ in range(count)]
+    scores = [torch.empty(tile, dtype=cd) for _ in range(count)]
+
+    def one_chunk(c0: int, c1: int, worker: int) -> None:
+        c, rows = c1 - c0, b * h * (c1 - c0)
+        q3 = (qg[:, :, :, c0:c1].to(cd) * scale).reshape(b * hkv, g * c, d)
+        lse_rows = lse_g[:, :, :, c0:c1].contiguous()
+        lo, hi = key_bounds(c0, c1, n, causal, window)
+        step = reference.key_block(b * h, c, tile_elements)
+        for j0 in range(lo, hi, step):
+            keys = min(hi, j0 + step) - j0
+            s = scores[worker][:rows * keys].view(b * hkv, g * c, keys)
+            torch.bmm(q3, k3[:, j0:j0 + keys].transpose(1, 2), out=s)
+            add(s.data_ptr(), lse_rows.data_ptr(), partial[worker][:, j0:].data_ptr(), n, rows, keys, j0, c0, c,
+                int(causal), -1 if window is None else window)
+
+    with torch.no_grad():
+        reference.run_chunks(plan, one_chunk, q.device)
+    return reference.received_and_alpha([p.view(b, h, n) for p in partial], n, causal, window)
 
 
 def _finish(acc, m, arg, z, ex, mass):

@@ -5,8 +5,7 @@ plan with a compiled C loop per key block; CPU tensors, needs a C compiler on fi
 "triton" (interp_kernels.triton_forward / interp_kernels.triton_received; CUDA, or CPU under
 TRITON_INTERPRET=1). "auto" picks triton for CUDA tensors when triton imports and supports the
 dtype (fp16, bf16, fp32), the head dim (a power of two in 16..256) and the number of spans (at
-most 63); cpu for CPU tensors when its kernel builds; torch otherwise. ``attention_received``
-runs the torch backend for "cpu". Both entry points are
+most 63); cpu for CPU tensors when its kernel builds; torch otherwise. Both entry points are
 inference-only (they run under torch.no_grad; outputs carry no gradient).
 """
 from __future__ import annotations
@@ -175,7 +174,9 @@ def attention_received(q, k, lse, *, causal=True, window=None, scale=None, backe
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     lse = lse.to(device=q.device, dtype=torch.float32)
     chosen = _resolve_backend(backend, q)
-    if chosen in ("torch", "cpu") or q.numel() == 0:
+    if chosen == "cpu" and q.numel():
+        return cpu_fused.received(q, k, lse, causal=causal, window=window, scale=scale)
+    if chosen == "torch" or q.numel() == 0:
         return reference.received(q, k, lse, causal=causal, window=window, scale=scale)
     from . import triton_received
     return triton_received.received(_unit_stride(q), _unit_stride(k), lse, causal=causal,

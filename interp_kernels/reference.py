@@ -338,10 +338,16 @@ def received(q, k, lse, *, causal: bool, window: int | None, scale: float, chunk
         partial[worker][..., lo:hi] += s.sum(-2)
 
     run_chunks(plan, one_chunk, dev)
-    total = partial[0]
-    for more in partial[1:]:  # a fixed order: bitwise the same result every run
+    return received_and_alpha([p.flatten(1, 2) for p in partial], n, causal, window)
+
+
+def received_and_alpha(partial: list[torch.Tensor], n: int, causal: bool, window: int | None):
+    """``(received, alpha)``, float32 ``[B, H, N]``, from the workers' partial sums ``[B, H, N]`` (added in
+    their order, so the result is bitwise the same every run) and the number of queries that see each key."""
+    total = partial[0].clone()
+    for more in partial[1:]:
         total += more
-    total = total.flatten(1, 2).to(torch.float32)
-    count = queries_per_key(n, causal, window, device=dev)
+    total = total.to(torch.float32)
+    count = queries_per_key(n, causal, window, device=total.device)
     alpha = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
     return total, alpha

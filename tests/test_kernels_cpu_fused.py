@@ -1,4 +1,4 @@
-"""The fused CPU kernel (interp_kernels/cpu_fused.c through interp_kernels/cpu_fused.py): how it is built and loaded,
+"""The fused CPU kernels (interp_kernels/cpu_fused.c through interp_kernels/cpu_fused.py): how they are built and loaded,
 what happens without a compiler, and the cases test_kernels_reference does not reach (several threads,
 long rows over many key blocks, ties across blocks, very large scores), all against the dense float64
 oracle. Tolerances as in test_kernels_reference."""
@@ -10,7 +10,7 @@ import torch
 
 import interp_kernels
 from interp_kernels import cpu_fused, dispatch
-from test_kernels_dense import assert_stats_close, dense_attention, random_qkv
+from test_kernels_dense import assert_stats_close, dense_attention, max_rel_err, random_qkv
 
 pytestmark = pytest.mark.skipif(not cpu_fused.available(),
                                 reason=f"the fused CPU kernel cannot be built here: {cpu_fused.unavailable_reason()}")
@@ -86,6 +86,11 @@ def test_threads_match_dense_and_are_reproducible():
         assert torch.equal(out, again) and torch.equal(stats.entropy, stats_again.entropy)
         ref = dense_attention(q, k, v, window=70, sink_tokens=4, spans=[(10, 160)])
         assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+        got = lambda: cpu_fused.received(q, k, stats.lse, causal=True, window=70, scale=0.25,  # noqa: E731
+                                         tile_elements=6 * 40 * 128, min_rows=8)
+        first, second = got(), got()
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+        assert max_rel_err(first[0], ref["received"]) < 1e-4 and max_rel_err(first[1], ref["alpha"]) < 1e-4
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(saved)
@@ -101,6 +106,9 @@ def test_long_rows_over_many_key_blocks(causal, window):
                                    min_rows=40)
     ref = dense_attention(q, k, v, causal=causal, window=window, sink_tokens=4, spans=[(100, 700), (899, 900)])
     assert_stats_close(out, stats, ref, out_tol=1e-4, stat_tol=1e-4)
+    received, alpha = cpu_fused.received(q, k, stats.lse, causal=causal, window=window, scale=0.25,
+                                         tile_elements=3 * 40 * 128, min_rows=40)
+    assert max_rel_err(received, ref["received"]) < 1e-4 and max_rel_err(alpha, ref["alpha"]) < 1e-4
 
 
 def test_ties_across_key_blocks_go_to_the_lowest_index():

@@ -41,6 +41,11 @@ needs_cc = pytest.mark.skipif(not cpu_fused.available(),
                               reason=f"the fused CPU kernel cannot be built here: {cpu_fused.unavailable_reason()}")
 PATHS = [pytest.param(name, marks=[needs_cc] if name != "reference" else []) for name in FORWARDS]
 CPU_BACKENDS = ["torch", pytest.param("cpu", marks=needs_cc)]
+RECEIVED = {
+    "reference": reference.received,
+    "fused": cpu_fused.received,
+    "fused-small-tiles": lambda *a, **kw: cpu_fused.received(*a, tile_elements=1024, min_rows=4, **kw),
+}
 
 
 def _ids(case):
@@ -122,12 +127,13 @@ def test_argmax_ties_go_to_lowest_index(backend):
     torch.testing.assert_close(stats.max_prob[0, 0], 1.0 / torch.arange(1, 7, dtype=torch.float32))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("causal,window", [(True, None), (True, 6), (False, None), (False, 5)])
 @pytest.mark.parametrize("chunk", [None, 9])
-def test_received_matches_dense(causal, window, chunk):
+def test_received_matches_dense(causal, window, chunk, path):
     q, k, v = random_qkv(2, 6, 2, 41, 16, spread=2.0)
     _, stats = interp_kernels.attention_with_stats(q, k, v, causal=causal, window=window)
-    received, alpha = reference.received(q, k, stats.lse, causal=causal, window=window, scale=0.25, chunk_size=chunk)
+    received, alpha = RECEIVED[path](q, k, stats.lse, causal=causal, window=window, scale=0.25, chunk_size=chunk)
     ref = dense_attention(q, k, v, causal=causal, window=window)
     assert received.dtype == alpha.dtype == torch.float32
     assert max_rel_err(received, ref["received"]) < 1e-4
@@ -144,12 +150,13 @@ def test_received_public_api_and_sink_alpha():
     torch.testing.assert_close(alpha[..., 0], received[..., 0] / 64)
 
 
-def test_received_ignores_rows_with_lse_minus_inf():
+@pytest.mark.parametrize("path", PATHS)
+def test_received_ignores_rows_with_lse_minus_inf(path):
     q, k, v = random_qkv(1, 2, 1, 40, 16)
     ref = dense_attention(q, k, v, causal=False)
     lse = ref["lse"].float().clone()
     lse[:, :, [3, 20, 39]] = float("-inf")
-    received, _ = reference.received(q, k, lse, causal=False, window=None, scale=0.25, chunk_size=16)
+    received, _ = RECEIVED[path](q, k, lse, causal=False, window=None, scale=0.25, chunk_size=16)
     p = torch.softmax(q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2) * 0.25, -1)
     p[:, :, [3, 20, 39]] = 0
     assert max_rel_err(received, p.sum(-2)) < 1e-4
@@ -171,7 +178,7 @@ def test_rows_that_see_no_key_are_defined(path):
     assert torch.isneginf(stats.lse).all()
     assert (stats.entropy == 0).all() and (stats.max_prob == 0).all() and (stats.argmax == -1).all()
     assert (stats.sink_mass == 0).all() and (stats.span_mass == 0).all()
-    received, alpha = reference.received(q, k, stats.lse, causal=True, window=0, scale=0.25)
+    received, alpha = RECEIVED[path](q, k, stats.lse, causal=True, window=0, scale=0.25)
     assert (received == 0).all() and (alpha == 0).all()
 
 
