@@ -85,26 +85,34 @@ def direct_logit_attribution(model: HookedTransformer, pairs: PromptPairs, abl: 
         direction = (W_U[:, part.answer] - W_U[:, part.wrong]).T  # [B, d_model]
         for l in range(cfg.n_layers):
             z_abl = part_abl.z[l].double()[rows, part.last]
-            out = _write_change(model, l, z_end[l], z_abl)
-            if "end" in scale:
-                out = out / scale["end"][:, :, None]
-            if cfg.normalization_type in ("LN", "LNPre"):
-                out = out - out.mean(-1, keepdim=True)  # LayerNorm centres before it scales
-            if getattr(model.ln_final, "w", None) is not None:
-                out = out * model.ln_final.w.detach().double().cpu()
+            out = through_final_norm(model, head_write(model, l, z_end[l]) - head_write(model, l, z_abl),
+                                     scale.get("end"))
             total[l] += torch.einsum("bhd,bd->h", out, direction)
     return (total / len(pairs)).float()
 
 
-def _write_change(model: HookedTransformer, layer: int, z: torch.Tensor, z_abl: torch.Tensor) -> torch.Tensor:
-    """[B, H, d_model] float64: each head's write to the residual at z [B, H, d_head] minus at z_abl.
-    After a post-norm (Gemma 2/3, OLMo 2/3) a head's write is its share of the normed attention output,
-    each run with its own norm scale (circuits.discovery.graph.head_writes); else (z − z_abl)·W_O[h]."""
+def head_write(model: HookedTransformer, layer: int, z: torch.Tensor) -> torch.Tensor:
+    """[B, H, d_model] float64 on the CPU: each head's write to the residual at z [B, H, d_head]. After a
+    post-norm (Gemma 2/3, OLMo 2/3) a head's write is its share of the normed attention output, with that z's
+    own norm scale, b_O shared equally (circuits.discovery.graph.head_writes); else z_h·W_O[h]. A difference
+    of two writes is a head's write change with each run's own scale."""
     from circuits.discovery.graph import attn_out_norm, head_writes
 
     if attn_out_norm(model, layer) is None:
-        return torch.einsum("bhe,hed->bhd", z - z_abl, model.blocks[layer].attn.W_O.detach().double().cpu())
+        return torch.einsum("bhe,hed->bhd", z.double().cpu(), model.blocks[layer].attn.W_O.detach().double().cpu())
     dtype, device = model.cfg.dtype, model.blocks[layer].attn.W_O.device
     with torch.no_grad():
-        writes = [head_writes(model, layer, x.to(device, dtype)[:, None]) for x in (z, z_abl)]  # [H, B, 1, d]
-    return (writes[0] - writes[1])[:, :, 0].permute(1, 0, 2).double().cpu()
+        writes = head_writes(model, layer, z.to(device, dtype)[:, None])  # [H, B, 1, d]
+    return writes[:, :, 0].permute(1, 0, 2).double().cpu()
+
+
+def through_final_norm(model: HookedTransformer, writes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Residual writes [B, ..., d_model] as the unembedding sees them: divided by the final norm's scale
+    [B, 1] of the clean run (None: no final norm scale), centred for LayerNorm, times ln_final.w where the
+    model keeps it (not folded into W_U)."""
+    out = writes if scale is None else writes / scale.view(-1, *([1] * (writes.dim() - 1))).to(writes)
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        out = out - out.mean(-1, keepdim=True)  # LayerNorm centres before it scales
+    if getattr(model.ln_final, "w", None) is not None:
+        out = out * model.ln_final.w.detach().to(out).cpu()
+    return out

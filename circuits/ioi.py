@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from circuits.attribution import head_write, through_final_norm
 from interp.circuit import Circuit
 from interp.errors import InputError
 from interp.head_ids import HeadId
@@ -295,8 +296,9 @@ def ioi_head_evidence(model: HookedTransformer, data: TaskData, n: int = 16) -> 
     """Per head [layer, head], over the first `n` clean prompts: attention from the last position to
     IO, S1 and S2 ("att_end_io", "att_end_s1", "att_end_s2"), from S2 to S1 ("att_s2_s1", duplicate
     token in IOI) and to the token after S1 ("att_s2_s1_next", induction in IOI); the head's direct
-    effect on logit(IO) − logit(S) ("dla_logit_diff") and on logit(IO) ("dla_io") at the last position,
-    through the final norm's scale of the clean run."""
+    effect on logit(IO) − logit(S) ("dla_logit_diff") and on logit(IO) ("dla_io") at the last position:
+    its write (after a post-norm, its share of the normed output; circuits.attribution.head_write) through
+    the final norm of the clean run (circuits.attribution.through_final_norm)."""
     cfg = model.cfg
     part = data.pairs.select(slice(0, min(n, len(data.pairs))))
     pos = data.positions[: len(part)]
@@ -327,7 +329,8 @@ def ioi_head_evidence(model: HookedTransformer, data: TaskData, n: int = 16) -> 
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", on_pattern(l)) for l in range(cfg.n_layers)]
     hooks += [(f"blocks.{l}.attn.hook_z", on_z(l)) for l in range(cfg.n_layers)]
-    hooks.append(("ln_final.hook_scale", on_scale))
+    if hasattr(model.ln_final, "hook_scale"):
+        hooks.append(("ln_final.hook_scale", on_scale))
     with torch.no_grad():
         model.run_with_hooks(part.clean.to(cfg.device), fwd_hooks=hooks)
     W_U = model.W_U.detach().float().cpu()
@@ -335,8 +338,7 @@ def ioi_head_evidence(model: HookedTransformer, data: TaskData, n: int = 16) -> 
     io_dir = W_U[:, part.answer].T
     dla, dla_io = torch.zeros(cfg.n_layers, cfg.n_heads), torch.zeros(cfg.n_layers, cfg.n_heads)
     for l in range(cfg.n_layers):
-        out = torch.einsum("bhe,hed->bhd", z_end[l], model.blocks[l].attn.W_O.detach().float().cpu())
-        out = out / scale["end"][:, :, None] if "end" in scale else out
+        out = through_final_norm(model, head_write(model, l, z_end[l]), scale.get("end")).float()
         dla[l] = torch.einsum("bhd,bd->bh", out, direction).mean(0)
         dla_io[l] = torch.einsum("bhd,bd->bh", out, io_dir).mean(0)
     return {**att, "dla_logit_diff": dla, "dla_io": dla_io}
@@ -351,17 +353,38 @@ def copy_scores(model: HookedTransformer, heads: Sequence[tuple[int, int]], name
     ids = torch.tensor([token_id(model, n) for n in names], device=model.cfg.device)
     out = {}
     with torch.no_grad():
-        x = model.W_E[ids][:, None]  # [n, 1, d]
-        x = x + model.blocks[0].mlp(model.blocks[0].ln2(x))
-        for l, h in heads:
-            attn = model.blocks[l].attn
-            v = model.blocks[l].ln1(x)[:, 0] @ attn.W_V[h] @ attn.W_O[h]  # [n, d]
+        for head, v in ov_writes(model, ids, heads).items():
             scores = []
             for sign in (1.0, -1.0):
                 logits = model.unembed(model.ln_final((sign * v)[:, None]))[:, 0]
                 rank = logits.topk(top, -1).indices
-                scores.append(float((rank == ids[:, None]).any(-1).float().mean()))
-            out[(l, h)] = (scores[0], scores[1])
+                scores.append(float((rank == ids[:, None].to(rank.device)).any(-1).float().mean()))
+            out[head] = (scores[0], scores[1])
+    return out
+
+
+@torch.no_grad()
+def ov_writes(model: HookedTransformer, ids: torch.Tensor, heads: Sequence[tuple[int, int]]) -> dict:
+    """{(layer, head): [n, d_model]}: what each head writes to the residual from the tokens `ids` [n] alone,
+    its input being the token's embedding plus MLP 0's output on it: the block's input norm (none on OLMo
+    2/3), W_V[h]·W_O[h] without biases, then the attention output's post-norm (Gemma 2/3, OLMo 2/3)."""
+    from circuits.discovery.graph import attn_out_norm, input_norm, is_post_norm
+
+    block0 = model.blocks[0]
+    x = model.embed(ids[:, None])  # [n, 1, d]
+    pre = None if is_post_norm(model) else block0.ln2
+    mlp = block0.mlp(pre(x) if pre is not None else x)
+    if getattr(model.cfg, "use_normalization_before_and_after", False):
+        mlp = block0.ln2_post(mlp)
+    elif is_post_norm(model):
+        mlp = block0.ln2(mlp)
+    x = x + mlp
+    out = {}
+    for l, h in heads:
+        attn, norm_in, norm_out = model.blocks[l].attn, input_norm(model, l), attn_out_norm(model, l)
+        xin = (norm_in(x) if norm_in is not None else x).to(attn.W_V.device)
+        v = (xin @ attn.W_V[h] @ attn.W_O[h])  # [n, 1, d]
+        out[(l, h)] = (norm_out(v) if norm_out is not None else v)[:, 0]
     return out
 
 

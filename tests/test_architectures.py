@@ -432,6 +432,80 @@ def test_half_precision_runs_every_analysis(dtype, zoo, cache):
 
 
 @pytest.mark.parametrize("label", ["gemma2", "olmo3", "llama", "gpt2"])
+def test_ioi_direct_effects_of_a_layer_s_heads_sum_to_its_residual_write(label, loaded):
+    """IOI role evidence: Σ over a layer's heads of the direct effect on logit(IO) − logit(S) = what the layer's
+    attention adds to the residual (TL's hook_resid_mid − hook_resid_pre, after any post-norm) at the end
+    position, through the final norm, onto W_U[IO] − W_U[S]. A plain z·W_O misses on gemma2 and olmo3."""
+    from circuits.ioi import TaskData, ioi_head_evidence
+
+    model = loaded(label)
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randint(3, model.cfg.d_vocab, (4, 9), generator=g)
+    clean[:, 5] = clean[:, 1]  # S at 1 and 5, IO at 3, end at 8
+    pairs = PromptPairs.from_lists(list(clean), list(torch.randint(3, model.cfg.d_vocab, (4, 9), generator=g)),
+                                   answer=clean[:, 3].tolist(), wrong=clean[:, 1].tolist())
+    positions = [{"IO": 3, "S1": 1, "S2": 5, "end": 8}] * 4
+    got = ioi_head_evidence(model, TaskData("toy", [""] * 4, [""] * 4, pairs, positions), n=4)["dla_logit_diff"]
+    _, cache = model.run_with_cache(pairs.clean)
+    direction = (model.W_U[:, pairs.answer] - model.W_U[:, pairs.wrong]).detach().double().T  # [B, d]
+    w = model.ln_final.w.detach().double() if hasattr(model.ln_final, "w") else 1.0
+    for layer in range(model.cfg.n_layers):
+        write = (cache[f"blocks.{layer}.hook_resid_mid"] - cache[f"blocks.{layer}.hook_resid_pre"])[:, 8].double()
+        write = write / cache["ln_final.hook_scale"][:, 8].double()
+        if model.cfg.normalization_type in ("LN", "LNPre"):
+            write = write - write.mean(-1, keepdim=True)
+        ref = float(((write * w) * direction).sum(-1).mean())
+        assert float(got[layer].sum()) == pytest.approx(ref, abs=1e-4 * max(1.0, abs(ref))), (label, layer)
+
+
+@pytest.mark.parametrize("label", ["gemma2", "olmo3", "llama", "gpt2"])
+def test_copy_score_ov_writes_are_what_the_blocks_compute_on_one_token(label, loaded):
+    """Copy-score inputs: a head's OV write from embedding + MLP 0, against TransformerLens' own blocks on a
+    one-token sequence (attention is then 1 on the token): block 0 with its attention output zeroed gives the
+    input; block l with every other head's z zeroed, b_V and b_O removed, gives the head's residual write
+    (hook_resid_mid − hook_resid_pre, after any post-norm)."""
+    from circuits.ioi import ov_writes
+
+    model = loaded(label)
+    ids = torch.tensor([5, 11, 40])
+    heads = [(0, 1), (1, 0), (1, model.cfg.n_heads - 1)]
+    got = ov_writes(model, ids, heads)
+    with torch.no_grad():
+        store = {}
+
+        def keep(name):
+            def hook(act, hook):
+                store[name] = act.detach()
+            return hook
+
+        zero_attn = ("blocks.0.hook_attn_out", lambda act, hook: torch.zeros_like(act))
+        with model.hooks(fwd_hooks=[zero_attn, ("blocks.0.hook_resid_post", keep("x"))]):
+            model.blocks[0](model.embed(ids[:, None]))
+        x = store["x"]
+        for l, h in heads:
+            attn = model.blocks[l].attn
+            b_v = attn.b_V[h].detach().clone()
+
+            def only_h(z, hook, h=h, b_v=b_v):
+                keep_h = torch.zeros_like(z)
+                keep_h[:, :, h] = z[:, :, h] - b_v
+                return keep_h
+
+            saved = attn.b_O.detach().clone()
+            attn.b_O.zero_()
+            try:
+                with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", only_h),
+                                            (f"blocks.{l}.hook_resid_pre", keep("pre")),
+                                            (f"blocks.{l}.hook_resid_mid", keep("mid"))]):
+                    model.blocks[l](x)
+            finally:
+                attn.b_O.copy_(saved)
+            ref = (store["mid"] - store["pre"])[:, 0]
+            assert float(ref.abs().max()) > 1e-4
+            torch.testing.assert_close(got[(l, h)], ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("label", ["gemma2", "olmo3", "llama", "gpt2"])
 def test_direct_logit_attribution_of_a_layer_s_heads_sums_to_its_residual_write(label, loaded):
     """Σ over a layer's heads of DLA = the change of what the layer's attention adds to the residual
     (TL's hook_resid_mid − hook_resid_pre, after any post-norm), clean − corrupted, at the last
