@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
+from transformer_lens.utils import lm_cross_entropy_loss
 
 from interp import InputError, capture
 from interp.head_table import HeadTable, head_label
@@ -77,12 +78,28 @@ def switching_heads(classified: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "layer", "head", "dormant_on", "active_on", "dormant_domain", "active_domain"])
 
 
-def _loss(model: HookedTransformer, tokens: list[torch.Tensor], hooks=()) -> float:
-    """Mean next-token loss (nats) over prompts of one domain, each run alone."""
-    losses = []
-    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+def _clean_runs(model: HookedTransformer, tokens: list[torch.Tensor], layers: set[int]) -> tuple[float, list[dict]]:
+    """Mean next-token loss (nats) over one domain's prompts, each run alone, and per prompt the residual
+    stream entering each of `layers` (for reruns from there)."""
+    names = {f"blocks.{l}.hook_resid_pre": l for l in layers}
+    losses, resids = [], []
+    with torch.no_grad():
         for t in tokens:
-            losses.append(model(t[None].to(model.cfg.device), return_type="loss").item())
+            t = t[None].to(model.cfg.device)
+            logits, cache = model.run_with_cache(t, names_filter=list(names))
+            losses.append(lm_cross_entropy_loss(logits, t).item())
+            resids.append({l: cache[name] for name, l in names.items()})
+    return sum(losses) / len(losses), resids
+
+
+def _ablated_loss(model: HookedTransformer, tokens: list[torch.Tensor], resids: list[dict], layer: int, head: int) -> float:
+    """Mean next-token loss with head `head` of `layer` zeroed: each prompt rerun from its clean residual at
+    `layer` (the layers before it do not change), as TransformerLens' forward with start_at_layer."""
+    losses = []
+    with torch.no_grad(), model.hooks(fwd_hooks=[_zero_head(layer, head)]):
+        for t, resid in zip(tokens, resids):
+            logits = model(resid[layer], start_at_layer=layer, return_type="logits")
+            losses.append(lm_cross_entropy_loss(logits, t[None].to(logits.device)).item())
     return sum(losses) / len(losses)
 
 
@@ -98,16 +115,21 @@ def _zero_head(layer: int, head: int):
 def causal_check(model: HookedTransformer, switching: pd.DataFrame, prompts: dict, *,
                  progress: bool | None = None) -> pd.DataFrame:
     """For every switching head: next-token loss increase when its output is zeroed, on its most
-    dormant domain and on its most active domain (`delta_dormant`, `delta_active`)."""
-
-    base = {d: _loss(model, toks) for d, toks in prompts.items()}
+    dormant domain and on its most active domain (`delta_dormant`, `delta_active`). Each domain's prompts
+    run once clean; an ablated run starts at the head's layer from the clean residual there."""
+    layers: dict[str, set[int]] = {}
+    for row in switching.itertuples():
+        for domain in (row.dormant_domain, row.active_domain):
+            layers.setdefault(domain, set()).add(int(row.layer))
+    clean = {d: _clean_runs(model, prompts[d], ls) for d, ls in layers.items()}
     rows = []
     for row in progress_bar(list(switching.itertuples()), "causal check", progress, unit="head"):
-        hook = [_zero_head(row.layer, row.head)]
-        d_dormant = _loss(model, prompts[row.dormant_domain], hook) - base[row.dormant_domain]
-        d_active = _loss(model, prompts[row.active_domain], hook) - base[row.active_domain]
-        rows.append({"label": row.label, "dormant_domain": row.dormant_domain, "delta_dormant": d_dormant,
-                     "active_domain": row.active_domain, "delta_active": d_active})
+        delta = {}
+        for domain in (row.dormant_domain, row.active_domain):
+            base, resids = clean[domain]
+            delta[domain] = _ablated_loss(model, prompts[domain], resids, int(row.layer), int(row.head)) - base
+        rows.append({"label": row.label, "dormant_domain": row.dormant_domain, "delta_dormant": delta[row.dormant_domain],
+                     "active_domain": row.active_domain, "delta_active": delta[row.active_domain]})
     return pd.DataFrame(rows, columns=["label", "dormant_domain", "delta_dormant", "active_domain", "delta_active"])
 
 
