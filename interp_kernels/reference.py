@@ -50,10 +50,14 @@ def chunk_rows(batch_heads: int, n: int, c0: int, causal: bool, window: int | No
     if chunk_size is not None:
         return max(1, min(left, int(chunk_size)))
     budget = max(1, (tile_elements or DEFAULT_TILE_ELEMENTS) // max(1, batch_heads))
-    rows = max(1, min(left, budget // max(1, _keys_seen(c0, c0 + 1, n, causal, window))))
-    while rows > 1 and rows * _keys_seen(c0, c0 + rows, n, causal, window) > budget:
-        rows = max(1, min(rows - 1, budget // max(1, _keys_seen(c0, c0 + rows, n, causal, window))))
-    return rows
+    lo, hi = 1, left  # rows × keys seen grows with rows: bisect for the largest count that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if mid * _keys_seen(c0, c0 + mid, n, causal, window) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def chunks(batch_heads: int, n: int, causal: bool, window: int | None,

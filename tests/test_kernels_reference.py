@@ -210,20 +210,29 @@ def test_cpu_backends_never_build_an_n_by_n_tile(backend, budget):
     assert watch.largest <= max(budget, reference.DEFAULT_TILE_ELEMENTS)
 
 
-def test_chunks_fill_the_tile_budget_and_cover_every_row():
-    """Causal chunks that see few keys take more rows; every chunk stays within the budget."""
+def _tile(heads, n, c0, rows, causal, window):
+    lo, hi = key_bounds(c0, c0 + rows, n, causal, window)
+    return heads * rows * (hi - lo)
+
+
+@pytest.mark.parametrize("causal, window", [(True, None), (True, 50), (False, None), (False, 50)])
+def test_chunks_fill_the_tile_budget_and_cover_every_row(causal, window):
+    """Each chunk is the largest that keeps heads × rows × keys seen within the budget, so causal
+    chunks that see few keys take more rows; the chunks cover every row once."""
     n, heads, budget = 1000, 3, 30_000
-    for causal, window in [(True, None), (True, 50), (False, None), (False, 50)]:
-        c0, sizes = 0, []
-        while c0 < n:
-            rows = reference.chunk_rows(heads, n, c0, causal, window, tile_elements=budget)
-            lo, hi = key_bounds(c0, c0 + rows, n, causal, window)
-            assert rows == 1 or heads * rows * (hi - lo) <= budget
-            sizes.append(rows)
-            c0 += rows
-        assert c0 == n
-        if causal and window is None:
-            assert sizes[0] > 2 * sizes[-1]
+    c0, sizes = 0, []
+    while c0 < n:
+        rows = reference.chunk_rows(heads, n, c0, causal, window, tile_elements=budget)
+        assert _tile(heads, n, c0, rows, causal, window) <= budget
+        assert c0 + rows == n or _tile(heads, n, c0, rows + 1, causal, window) > budget
+        sizes.append(rows)
+        c0 += rows
+    assert c0 == n
+
+
+def test_causal_chunks_take_more_rows_where_queries_see_few_keys():
+    sizes = [c1 - c0 for c0, c1 in reference.chunks(3, 1000, True, None, tile_elements=30_000)]
+    assert sizes[0] == 100 and sizes[-2] == 10  # 100 × 100 keys, then 10 × ~1000 keys per head
 
 
 def test_row_max_matches_max_with_ties_to_the_lowest_index():
