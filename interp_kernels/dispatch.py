@@ -37,6 +37,20 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("+")[0].split(".")[:2] if x.isdigit())
+
+
+def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's CPU interpreter cannot run our kernels with these versions, or None. Triton up to
+    3.6 turns a loop bound into an int by int() of a one-element array, which numpy 2.4 made an
+    error (fixed in Triton 3.7); compiled GPU launches are not affected."""
+    if _version(triton_version) < (3, 7) and _version(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter (TRITON_INTERPRET=1) does not run with numpy "
+                f"{numpy_version}: install triton>=3.7 or numpy<2.4, or use backend='cpu' / 'torch'")
+    return None
+
+
 def _triton_head_dim_ok(d: int) -> bool:
     return 16 <= d <= 256 and d & (d - 1) == 0
 
@@ -48,6 +62,13 @@ def _check_triton(q: torch.Tensor, n_spans: int) -> None:
     if q.device.type != "cuda" and not _interpreting():
         raise ValueError(f"backend='triton' on {q.device.type} tensors needs TRITON_INTERPRET=1 set "
                          "before triton is imported; use a CUDA device or backend='torch'")
+    if q.device.type != "cuda":
+        import numpy
+        import triton
+
+        problem = interpreter_problem(triton.__version__, numpy.__version__)
+        if problem:
+            raise ValueError(problem)
     if q.dtype not in TRITON_DTYPES:
         raise ValueError(f"backend='triton' supports float16, bfloat16 and float32, not {q.dtype}")
     if not _triton_head_dim_ok(q.shape[-1]):

@@ -147,6 +147,20 @@ def test_triton_backend_rejects_what_it_cannot_run():
         interp_kernels.attention_with_stats(*random_qkv(1, 2, 1, 8, 16, dtype=torch.float64), backend="triton")
 
 
+def test_interpreter_refuses_triton_and_numpy_versions_that_cannot_run_it():
+    """Triton <= 3.6's interpreter does int() of one-element arrays, an error since numpy 2.4: with
+    triton 3.6.0 and numpy 2.4.6 35 of these tests fail inside Triton, with numpy 2.3.5 they pass."""
+    import numpy
+
+    from interp_kernels.dispatch import interpreter_problem
+
+    assert "triton>=3.7 or numpy<2.4" in interpreter_problem("3.6.0", "2.4.6")
+    assert "triton>=3.7" in interpreter_problem("3.5.1", "2.5.2")
+    assert interpreter_problem("3.6.0", "2.3.5") is None
+    assert interpreter_problem("3.7.0", "2.5.2") is None
+    assert interpreter_problem(triton.__version__, numpy.__version__) is None  # the suite's own versions
+
+
 def test_rows_that_see_no_key_are_defined():
     """Not reachable through the API (window >= 1); the kernels' window=0 reaches it."""
     q, k, v = random_qkv(1, 2, 1, 20, 16)
