@@ -12,8 +12,9 @@ import interp_kernels
 from interp_kernels import cpu_fused, dispatch
 from test_kernels_dense import assert_stats_close, dense_attention, max_rel_err, random_qkv
 
-pytestmark = pytest.mark.skipif(not cpu_fused.available(),
-                                reason=f"the fused CPU kernel cannot be built here: {cpu_fused.unavailable_reason()}")
+# every test but the fallback's needs the kernel built (the fallback test runs where it cannot be)
+needs_kernel = pytest.mark.skipif(not cpu_fused.available(),
+                                  reason=f"the fused CPU kernel cannot be built here: {cpu_fused.unavailable_reason()}")
 
 
 @pytest.fixture
@@ -28,6 +29,7 @@ def rebuild(monkeypatch):
     reset()
 
 
+@needs_kernel
 def test_builds_into_an_empty_cache_with_the_system_compiler(rebuild, tmp_path):
     rebuild.setenv("INTERP_KERNEL_CACHE", str(tmp_path / "cache"))
     assert cpu_fused.available(), cpu_fused.unavailable_reason()
@@ -60,6 +62,7 @@ def test_without_the_kernel_auto_falls_back_and_cpu_says_why(rebuild, tmp_path, 
         interp_kernels.attention_with_stats(q, k, v, backend="cpu")
 
 
+@needs_kernel
 def test_loading_keeps_subnormal_numbers():
     """-ffast-math at link time would set flush-to-zero for the whole process (crtfastmath.o)."""
     assert cpu_fused.library() is not None
@@ -68,12 +71,14 @@ def test_loading_keeps_subnormal_numbers():
     assert float(ctypes.c_double(1e-310).value * 1.0) > 0.0
 
 
+@needs_kernel
 def test_backend_cpu_needs_cpu_tensors():
     q, k, v = random_qkv(1, 2, 1, 8, 16)
     with pytest.raises(ValueError, match="CPU tensors"):
         dispatch._check_cpu(q.to("meta"))
 
 
+@needs_kernel
 def test_threads_match_dense_and_are_reproducible():
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -96,6 +101,7 @@ def test_threads_match_dense_and_are_reproducible():
         torch.set_num_threads(saved)
 
 
+@needs_kernel
 @pytest.mark.parametrize("causal,window", [(True, None), (True, 300), (False, None), (False, 200)])
 def test_long_rows_over_many_key_blocks(causal, window):
     """900 keys in blocks of 128: the running max, Σ e, Σ e·x, masses and accumulator are rescaled
@@ -111,6 +117,7 @@ def test_long_rows_over_many_key_blocks(causal, window):
     assert max_rel_err(received, ref["received"]) < 1e-4 and max_rel_err(alpha, ref["alpha"]) < 1e-4
 
 
+@needs_kernel
 def test_ties_across_key_blocks_go_to_the_lowest_index():
     """All scores equal: every block ties with the running max, and the first key must win."""
     n = 600
@@ -124,6 +131,7 @@ def test_ties_across_key_blocks_go_to_the_lowest_index():
     torch.testing.assert_close(stats.entropy[0, 1], torch.log(torch.arange(1, n + 1, dtype=torch.float32)))
 
 
+@needs_kernel
 def test_very_large_scores_keep_the_entropy_exact():
     """Scores in the hundreds: entropy = log z - Σ e·x / z adds two non-negative terms, so nearly
     hard rows keep an entropy near 0 instead of the difference of two large numbers."""
@@ -136,8 +144,18 @@ def test_very_large_scores_keep_the_entropy_exact():
     assert float((stats.entropy.double() - ref["entropy"]).abs().max()) < 1e-4
 
 
+@needs_kernel
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads Linux's /proc/cpuinfo")
-def test_cache_key_names_the_cpu():
-    """-march=native code is only valid on the CPU that built it; the cache key includes its flags."""
+def test_cache_key_names_the_cpu(rebuild, tmp_path):
+    """-march=native code is only valid on the CPU that built it: a library built on one CPU is never
+    loaded on another (the key includes /proc/cpuinfo's model and flags), and the same CPU reuses it."""
     identity = cpu_fused._cpu_identity()
     assert "flags" in identity or "Features" in identity
+    rebuild.setenv("INTERP_KERNEL_CACHE", str(tmp_path))
+    built = []
+    for cpu in ("model name : cpu A\nflags : avx2", "model name : cpu B\nflags : avx2", "model name : cpu A\nflags : avx2"):
+        cpu_fused.library.cache_clear()
+        rebuild.setattr(cpu_fused, "_cpu_identity", lambda cpu=cpu: cpu)
+        assert cpu_fused.available(), cpu_fused.unavailable_reason()
+        built.append(sorted(p.name for p in tmp_path.iterdir()))
+    assert len(built[0]) == 1 and len(built[1]) == 2 and built[2] == built[1]
