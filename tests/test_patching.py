@@ -76,8 +76,14 @@ def test_padded_prompts_read_their_own_last_position(model):
     assert got[0] == pytest.approx(alone, abs=1e-4)
     ld = metric_per_prompt("logit_diff", got, pairs)
     assert float(ld[1]) == pytest.approx(float(got[1, 2] - got[1, 4]))
-    kl = metric_per_prompt("kl", got, pairs, got.log_softmax(-1))
-    assert kl.abs().max() < 1e-6
+    # KL(clean ‖ patched) in nats, per prompt: torch's kl_div in float64 as the reference
+    corrupt = run_last_logits(model, pairs.corrupt, pairs.last)
+    clean_logprobs = got.log_softmax(-1)
+    kl = metric_per_prompt("kl", corrupt, pairs, clean_logprobs)
+    ref = torch.nn.functional.kl_div(corrupt.double().log_softmax(-1), clean_logprobs.double(), log_target=True,
+                                     reduction="none").sum(-1)
+    assert (ref > 1e-3).all()
+    torch.testing.assert_close(kl.double(), ref, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_input_is_one_line(model):
