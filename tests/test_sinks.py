@@ -69,13 +69,22 @@ def test_extreme_tokens_per_layer(smollm2, samples):
 
 
 def test_massive_activations_match_the_residual_stream(smollm2, samples):
+    """Every entry of TransformerLens' resid_pre over Sun et al.'s thresholds is reported, and nothing else."""
     texts, caches = samples
     found = massive_activations(smollm2, texts[:2], max_tokens=64, progress=False)
-    assert len(found) > 0
-    for row in found.itertuples():
-        x = caches[row.prompt][1]["resid_pre", row.layer][0]
-        assert x[row.position, row.dim].item() == pytest.approx(row.value, rel=1e-5)
-        assert abs(row.value) > 100 and abs(row.value) > 1000 * x.abs().median().item()
+    expected = {}
+    for prompt in range(2):
+        cache = caches[prompt][1]
+        for layer in range(smollm2.cfg.n_layers):
+            x = cache["resid_pre", layer][0]  # [pos, d_model]
+            hits = (x.abs() > 100) & (x.abs() > 1000 * x.abs().median())
+            for pos, dim in hits.nonzero().tolist():
+                expected[(layer, prompt, pos, dim)] = x[pos, dim].item()
+    reported = {(r.layer, r.prompt, r.position, r.dim): r.value for r in found.itertuples()}
+    assert len(expected) > 0  # SmolLM2 has massive activations (Sun et al. find them in every LLM they study)
+    assert reported.keys() == expected.keys()
+    for key, value in expected.items():
+        assert reported[key] == pytest.approx(value, rel=1e-5)
 
 
 def _act_reference(pattern, beta, threshold):
@@ -108,18 +117,41 @@ def test_calibrate_pattern_matches_act_and_keeps_rows_normalised():
     assert out[5, 3] == pytest.approx(0.4 * pattern[5, 3].item())
 
 
+def _reference_hook(head):
+    """A hook_pattern hook that replaces one head's pattern by `_act_reference`'s (float64, row by row)."""
+    def hook(pattern, hook):
+        out = pattern.clone()
+        out[0, head] = _act_reference(pattern[0, head].double(), 0.4, 0.1).to(pattern.dtype)
+        return out
+
+    return hook
+
+
 def test_act_calibration_changes_only_the_chosen_heads(smollm2, samples):
-    tokens, _ = samples[1][0]
+    tokens, cache = samples[1][0]
     names = lambda n: n.endswith("hook_z")
     _, base = smollm2.run_with_cache(tokens[None], names_filter=names)
     with act_calibration(smollm2, [(4, 3)]):
         _, calibrated = smollm2.run_with_cache(tokens[None], names_filter=names)
     assert torch.equal(base["z", 3], calibrated["z", 3])
-    assert not torch.allclose(base["z", 4][:, :, 3], calibrated["z", 4][:, :, 3])
     torch.testing.assert_close(base["z", 4][:, :, :3], calibrated["z", 4][:, :, :3])
-    effect = calibration_effect(smollm2, [(4, 3)], samples[0][:2], max_tokens=64)
+    kv_head = 3 // (smollm2.cfg.n_heads // smollm2.cfg.n_key_value_heads)
+    expected = _act_reference(cache["pattern", 4][0, 3].double(), 0.4, 0.1) @ cache["v", 4][0, :, kv_head].double()
+    assert not torch.allclose(base["z", 4][0, :, 3].double(), expected, atol=1e-3)  # the head has a hidden sink
+    torch.testing.assert_close(calibrated["z", 4][0, :, 3].double(), expected, rtol=1e-4, atol=1e-5)
+
+    texts = samples[0][:2]
+    effect = calibration_effect(smollm2, [(4, 3)], texts, max_tokens=64)
     assert list(effect.columns) == ["prompt", "n_tokens", "loss_base", "loss_calibrated", "delta"]
-    assert (effect["delta"] != 0).all()
+    for row, (toks, _) in zip(effect.itertuples(), samples[1][:2]):
+        with torch.no_grad():
+            loss = smollm2(toks[None], return_type="loss").item()
+            with smollm2.hooks(fwd_hooks=[("blocks.4.attn.hook_pattern", _reference_hook(3))]):
+                loss_ref = smollm2(toks[None], return_type="loss").item()
+        assert row.n_tokens == len(toks)
+        assert row.loss_base == pytest.approx(loss, rel=1e-6)
+        assert row.loss_calibrated == pytest.approx(loss_ref, rel=1e-5)
+        assert row.delta == pytest.approx(loss_ref - loss, abs=1e-5) and row.delta != 0
     with pytest.raises(InputError, match="L40H0 does not exist"):
         with act_calibration(smollm2, [(40, 0)]):
             pass
