@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from interp.capture import Capture
 
@@ -71,7 +72,10 @@ def test_trace_writes_capture_and_head_means(smollm2, tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["schema"] == "interp.trace/1" and doc["model"] == "smollm2-135m" and doc["layers"] == [0, 5, 6]
     cap = Capture.load(out / "capture")
-    assert cap.get("z", 5, 1).shape == (3, 3, 64)
+    for prompt, text in enumerate(["When Mary and John went to the store,", "The cat sat"]):
+        _, cache = smollm2.run_with_cache(text, names_filter=lambda n: n.endswith("hook_z"))
+        for layer in (0, 5, 6):  # TransformerLens' hook_z of the chosen heads, [pos, head, d_head]
+            torch.testing.assert_close(cap.get("z", layer, prompt), cache["z", layer][0, :, :3], rtol=1e-4, atol=1e-5)
     rows = json.loads((out / "trace.json").read_text())["head_means"]["rows"]
     assert len(rows) == 9 and {"v_norm", "entropy"} <= set(rows[0])
 
@@ -98,7 +102,13 @@ def test_trace_stats_uses_kernels_and_writes_shards(smollm2, tmp_path):
     from safetensors.torch import load_file
 
     shard = load_file(str(out / "stats" / "stats-00000.safetensors"))
-    assert shard["entropy"].shape == (30, 9, 14) and shard["alpha"].shape == (30, 9, 14)
+    text = "When Mary and John went to the store, John gave a drink to"
+    _, cache = smollm2.run_with_cache(text, names_filter=lambda n: n.endswith("hook_pattern"))
+    pattern = torch.stack([cache["pattern", layer][0] for layer in range(30)]).double()  # [layer, head, q, k]
+    entropy = -(pattern * pattern.clamp_min(1e-300).log()).sum(-1)  # [layer, head, q]
+    alpha = pattern.sum(-2) / torch.arange(14, 0, -1, dtype=torch.float64)  # received / queries that see the key
+    torch.testing.assert_close(shard["entropy"].double(), entropy, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(shard["alpha"].double(), alpha, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("command, args, schema_file", [
