@@ -122,11 +122,15 @@ def test_agrees_with_tl_detect_head_on_smollm2(smollm2, real_texts):
 
 def test_eager_and_kernel_paths_agree_on_smollm2(smollm2):
     tokens = repeated_random_tokens(smollm2, 40, 2, batch=2, seed=1)
-    for flags in ({}, {"exclude_bos": True}):
-        eager = head_type_scores(smollm2, tokens, ALL_KINDS, method="eager", **flags)
-        kernel = head_type_scores(smollm2, tokens, ALL_KINDS, method="kernel", **flags)
-        for kind in ALL_KINDS:
-            assert (_grid(eager, kind) - _grid(kernel, kind)).abs().max() < 1e-5, (kind, flags)
+    """Both paths reproduce TransformerLens' head_detector; echo (no TL detector) agrees across the paths."""
+    for exclude_bos in (False, True):
+        eager = head_type_scores(smollm2, tokens, ALL_KINDS, method="eager", exclude_bos=exclude_bos)
+        kernel = head_type_scores(smollm2, tokens, ALL_KINDS, method="kernel", exclude_bos=exclude_bos)
+        for kind in TL_KINDS:
+            tl = _tl_reference(smollm2, tokens, kind, exclude_bos, False)
+            for path, table in (("eager", eager), ("kernel", kernel)):
+                assert (_grid(table, kind) - tl).abs().max() < 1e-5, (kind, exclude_bos, path)
+        assert (_grid(eager, "echo") - _grid(kernel, "echo")).abs().max() < 1e-5, exclude_bos
 
 
 def test_kernel_path_at_2048_tokens_finds_induction_heads(smollm2):
