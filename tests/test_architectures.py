@@ -17,7 +17,7 @@ from circuits.discovery import acdc, attribute, build_graph, discover, run_with_
 from circuits.heads import head_type_scores
 from circuits.sinks import sink_scores
 from interp import InputError
-from interp.kernel_attention import layer_windows, unsupported_features
+from interp.kernel_attention import unsupported_features
 from interp.loading import parity_of
 from interp.patching import PromptPairs, ablation_values
 from tests import edge_reference
@@ -107,7 +107,7 @@ def test_every_analysis_runs_and_agrees_with_the_eager_pattern(label, loaded, to
     texts = interp.texts.sample_texts(3, seed=5, max_chars=160)
     tokens = [model.to_tokens(t)[0, :20] for t in texts]
     patterns = _pattern_reference(model, tokens)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    H = model.cfg.n_heads
 
     cap = interp.capture(model, tokens, names=["entropy", "sink_mass", "z"], progress=False)
     ent = torch.cat([-(p * p.clamp_min(1e-300).log()).sum(-1) for p in patterns], -1).mean(-1)  # [layer, head]
@@ -119,10 +119,10 @@ def test_every_analysis_runs_and_agrees_with_the_eager_pattern(label, loaded, to
     assert torch.allclose(torch.tensor(table.grid("sink_mass").values), sink, atol=1e-4)
 
     # Gu et al.'s alpha of the first token: mean attention on key 0 over the queries that see it
+    # (the queries that see key 0 are those TL's pattern does not mask: sliding windows end there)
     alpha = sink_scores(model, texts, max_tokens=20, progress=False)
-    windows = layer_windows(model)
-    ref = torch.stack([torch.stack([p[layer, :, :min(len(t), windows[layer] or len(t)), 0].mean(-1) for layer in range(L)])
-                       for p, t in zip(patterns, tokens)]).mean(0)
+    seen = [(p[..., 0] > 0).any(1, keepdim=True) for p in patterns]  # [layer, 1, query]
+    ref = torch.stack([(p[..., 0] * s).sum(-1) / s.sum(-1) for p, s in zip(patterns, seen)]).mean(0)
     assert torch.allclose(torch.tensor(alpha.grid("alpha").values), ref, atol=1e-4)
 
     prev = head_type_scores(model, torch.stack(tokens), ["previous_token"])
@@ -265,23 +265,38 @@ def test_acdc_and_discover_run_end_to_end_on_parallel_and_post_norm_models(label
     assert held["value"] == pytest.approx((value - empty) / (full - empty), abs=1e-4)
 
 
-@pytest.mark.parametrize("label", ["gpt-j", "gemma2", "olmo3"])
-def test_bf16_eap_on_parallel_and_post_norm_models(label, zoo, cache):
-    """bfloat16 EAP scores are finite and the float32 run's strongest edge keeps its sign."""
-    with no_network():
-        model = interp.load_model(zoo[label][1], device="cpu", cache_dir=cache, dtype=torch.bfloat16)
-        f32 = interp.load_model(zoo[label][1], device="cpu", cache_dir=cache)
+# Half-precision runs against the float32 model (measured, max over the tiny matrix: EAP 1.9e-2 of the
+# largest score in bf16 and 3.2e-3 in fp16; the every-edge-removed circuit 4.2e-3 / 5.6e-4 off TL's
+# corrupted forward on logits of about 0.55; head entropy 1.3e-3 / 1.5e-4 nats off TL's float32 pattern;
+# z 1.9e-3 / 2.2e-4 off TL's float32 hook_z, whose entries reach 0.30)
+EAP_TOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
+EMPTY_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+ENTROPY_TOL = {torch.bfloat16: 5e-3, torch.float16: 1e-3}
+Z_TOL = {torch.bfloat16: 5e-3, torch.float16: 5e-4}
+
+
+def _check_half_eap(model, f32, dtype):
+    """Every edge's EAP score within EAP_TOL[dtype] of the float32 run's (relative to its largest),
+    and the circuit with every edge removed within EMPTY_TOL[dtype] of TL's corrupted forward."""
     pairs = _eap_pairs(f32)
+    graph = build_graph(model)
     scores = attribute(model, pairs, method="eap", ablation="mean").scores
     ref = attribute(f32, pairs, method="eap", ablation="mean").scores
-    assert torch.isfinite(scores).all()
-    top = ref.abs().flatten().argmax()
-    assert torch.sign(scores.flatten()[top]) == torch.sign(ref.flatten()[top])
-    graph = build_graph(model)
+    assert scores.shape == ref.shape and torch.isfinite(scores).all()
+    gap = (scores.float() - ref)[graph.allowed].abs().max() / ref[graph.allowed].abs().max()
+    assert gap < EAP_TOL[dtype]
     abl = ablation_values(model, pairs, "corrupt")
     empty = run_with_edges(model, graph, pairs, abl, torch.zeros_like(graph.allowed)).float()
     corrupt = edge_reference.last_logits(model, pairs.corrupt, pairs.last).float()
-    assert (empty - corrupt).abs().max() < 0.1  # bf16 rounding of the per-head split, logits of O(1)
+    assert (empty - corrupt).abs().max() < EMPTY_TOL[dtype]
+
+
+@pytest.mark.parametrize("label", ["gpt-j", "gemma2", "olmo3"])
+def test_bf16_eap_on_parallel_and_post_norm_models(label, zoo, cache):
+    with no_network():
+        model = interp.load_model(zoo[label][1], device="cpu", cache_dir=cache, dtype=torch.bfloat16)
+        f32 = interp.load_model(zoo[label][1], device="cpu", cache_dir=cache)
+    _check_half_eap(model, f32, torch.bfloat16)
 
 
 def test_kernel_features_are_named(loaded):
@@ -409,26 +424,25 @@ def test_cli_no_parity_check_and_dtype_load_and_models_lists_parity(tmp_path, ca
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_runs_every_analysis(dtype, zoo, cache):
+def test_half_precision_head_summary_capture_and_eap(dtype, zoo, cache):
+    """A Llama loaded in bf16/fp16: head entropies against TL's float32 pattern, z against TL's
+    float32 hook_z, EAP against the float32 run."""
     with no_network():
         model = interp.load_model(zoo["llama"][1], device="cpu", cache_dir=cache, dtype=dtype)
+        f32 = interp.load_model(zoo["llama"][1], device="cpu", cache_dir=cache)
     assert model.cfg.dtype == dtype and model.W_Q.dtype == dtype
     assert parity_of(model).max_logprob_diff < 1e-3  # measured in float32 at conversion
     texts = interp.texts.sample_texts(2, seed=5, max_chars=120)
-    f32 = interp.load_model(zoo["llama"][1], device="cpu", cache_dir=cache)
-    a = interp.head_summary(model, texts, max_tokens=16, progress=False)
-    b = interp.head_summary(f32, texts, max_tokens=16, progress=False)
-    assert torch.allclose(torch.tensor(a.grid("entropy").values), torch.tensor(b.grid("entropy").values), atol=0.05)
-    cap = interp.capture(model, [model.to_tokens(texts[0])[0, :16]], names=["z"], progress=False)
-    assert torch.isfinite(cap.get("z", 1, 0).float()).all()
-    g = torch.Generator().manual_seed(3)
-    clean, corrupt = (torch.randint(3, model.cfg.d_vocab, (4, 6), generator=g) for _ in range(2))
-    pairs = PromptPairs.from_lists(list(clean), list(corrupt), answer=[5] * 4, wrong=[7] * 4)
-    scores = attribute(model, pairs, method="eap", ablation="mean").scores
-    ref = attribute(f32, pairs, method="eap", ablation="mean").scores
-    assert torch.isfinite(scores).all()
-    top = ref.abs().flatten().argmax()
-    assert torch.sign(scores.flatten()[top]) == torch.sign(ref.flatten()[top])
+    tokens = [f32.to_tokens(t)[0, :16] for t in texts]
+    patterns = _pattern_reference(f32, tokens)
+    entropy = torch.cat([-(p * p.clamp_min(1e-300).log()).sum(-1) for p in patterns], -1).mean(-1)  # [layer, head]
+    table = interp.head_summary(model, texts, max_tokens=16, progress=False)
+    assert (torch.tensor(table.grid("entropy").values) - entropy).abs().max() < ENTROPY_TOL[dtype]
+    cap = interp.capture(model, tokens[:1], names=["z"], progress=False)
+    _, c = f32.run_with_cache(tokens[0][None], names_filter=lambda n: n.endswith("hook_z"))
+    z, z_ref = cap.get("z", 1, 0).float(), c["z", 1][0]
+    assert (z - z_ref).abs().max() < Z_TOL[dtype]
+    _check_half_eap(model, f32, dtype)
 
 
 @pytest.mark.parametrize("label", ["gemma2", "olmo3", "llama", "gpt2"])
