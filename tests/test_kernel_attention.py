@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from interp.capture import capture
 from interp.kernel_attention import extend_context, kernel_attention
 from interp.stats_trace import stats_trace
 from tiny import random_prompts, tiny_gqa_model
@@ -55,18 +54,26 @@ def test_real_models_match_eager_through_kernels(smollm2, gemma3):
 
 
 def test_stats_trace_head_table_matches_pattern_statistics(smollm2, real_texts):
+    """The kernel trace's table and per-prompt statistics against TransformerLens' own eager pattern."""
     texts = real_texts[:2]
     trace = stats_trace(smollm2, texts, received=True, progress=False)
-    cap = capture(smollm2, texts, names=["pattern", "entropy"], layers=[0, 7, 29], progress=False)
     table = trace.table.df.set_index("label")
+    patterns = []  # per prompt: {layer: [head, q, k]}
+    for text in texts:
+        _, cache = smollm2.run_with_cache(text, names_filter=lambda n: n.endswith("hook_pattern"))
+        patterns.append({layer: cache["pattern", layer][0].double() for layer in (0, 7, 29)})
     for layer in (0, 7, 29):
-        alpha0 = torch.stack([_alpha_from_pattern(cap.get("pattern", layer, i))[:, 0] for i in range(2)])  # [prompt, head]
+        alpha = [_alpha_from_pattern(p[layer]) for p in patterns]  # [head, key] per prompt
+        alpha0 = torch.stack([a[:, 0] for a in alpha])  # [prompt, head]
         for head in range(9):
             label = f"L{layer}H{head}"
             assert table.loc[label, "alpha_first"] == pytest.approx(alpha0[:, head].mean().item(), abs=1e-5)
             assert table.loc[label, "sink_rate"] == (alpha0[:, head] > 0.3).float().mean().item()
-        torch.testing.assert_close(trace.per_prompt[0]["alpha"][layer, :, 0], trace.per_prompt[0]["alpha_first"][layer], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(trace.per_prompt[1]["entropy"][layer].T, cap.get("entropy", layer, 1), rtol=1e-4, atol=1e-5)
+        for i, p in enumerate(patterns):
+            one = trace.per_prompt[i]
+            torch.testing.assert_close(one["alpha"][layer].double(), alpha[i], rtol=1e-4, atol=1e-6)
+            entropy = -torch.special.xlogy(p[layer], p[layer]).sum(-1)  # [head, q]
+            torch.testing.assert_close(one["entropy"][layer].double(), entropy, rtol=1e-4, atol=1e-5)
 
 
 def test_extended_context_runs_past_trained_length_and_keeps_early_positions():
