@@ -217,8 +217,8 @@ def _tile(heads, n, c0, rows, causal, window):
 
 @pytest.mark.parametrize("causal, window", [(True, None), (True, 50), (False, None), (False, 50)])
 def test_chunks_fill_the_tile_budget_and_cover_every_row(causal, window):
-    """Each chunk is the largest that keeps heads × rows × keys seen within the budget, so causal
-    chunks that see few keys take more rows; the chunks cover every row once."""
+    """Each chunk is the largest that keeps heads × rows × keys seen within the budget (checked by
+    counting the keys each row sees), the chunks cover every row once, and `chunks` is that split."""
     n, heads, budget = 1000, 3, 30_000
     c0, sizes = 0, []
     while c0 < n:
@@ -228,6 +228,7 @@ def test_chunks_fill_the_tile_budget_and_cover_every_row(causal, window):
         sizes.append(rows)
         c0 += rows
     assert c0 == n
+    assert sizes == [c1 - c0 for c0, c1 in reference.chunks(heads, n, causal, window, tile_elements=budget)]
 
 
 def test_causal_chunks_take_more_rows_where_queries_see_few_keys():
