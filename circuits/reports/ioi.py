@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from circuits.ioi import IOIResult, ioi_analysis
-from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, emit, load_cli_model
+from interp.cli import DEVICE, JSON, MODEL, OUT, SEED, check_model, emit, load_cli_model
 from interp.errors import InputError
 from interp.head_ids import HeadId
 
@@ -128,11 +128,13 @@ def ioi_command(
 ):
     """IOI end to end: dataset, baseline, circuit discovery, head roles with evidence, target checks."""
     from circuits.discovery import METHODS
-    from interp.output import staged_output
+    from interp.output import check_out, staged_output
     from interp.report import write_analysis
 
     if method not in METHODS:
         raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    check_model(model, device)
+    check_out(out)
     net = load_cli_model(model, device)
     result = ioi_analysis(net, n_prompts=n_prompts, method=method, seed=seed, steps=steps, tau=tau,
                           acdc_candidates=acdc_candidates, target=target, checks=checks, mib=mib,
