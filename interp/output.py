@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,8 +26,10 @@ def check_out(out: str | os.PathLike) -> Path:
             break
     if not parent.is_dir():
         raise InputError(f"the folder {parent} for --out does not exist; create it or choose another --out")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"the folder {parent} for --out is not writable; choose another --out")
+    try:  # a real write: os.access says yes to root on read-only and virtual file systems (/proc)
+        tempfile.TemporaryDirectory(dir=parent, prefix=f".{out.name}.probe").cleanup()
+    except OSError as err:
+        raise InputError(f"the folder {parent} for --out is not writable ({err.strerror}); choose another --out") from None
     return out
 
 
