@@ -2,6 +2,8 @@
 traceback), 1 failure while running. Output folders are written whole or not at all."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -43,11 +45,31 @@ def _global_options(
         LOAD_OPTIONS["n_devices"] = n_devices
 
 
+class ChecksPassed(Exception):
+    """Raised by `load_cli_model` inside `checks_only()`: the command's checks of its arguments all passed."""
+
+
+_CHECKS_ONLY = contextvars.ContextVar("checks_only", default=False)
+
+
+@contextlib.contextmanager
+def checks_only():
+    """Within the block a built-in command stops where it would load its model (every one checks all its
+    arguments before that, and writes nothing): how a sweep checks each job before any job starts."""
+    token = _CHECKS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CHECKS_ONLY.reset(token)
+
+
 def load_cli_model(model: str, device: Optional[str]):
     """The model a command's --model and --device name (InputError for a bad device)."""
     from interp.loading import load_model
 
     check_model(model, device)
+    if _CHECKS_ONLY.get():
+        raise ChecksPassed
     return load_model(model, device=device, **LOAD_OPTIONS)
 
 
@@ -121,18 +143,27 @@ def parse_indices(text: Optional[str], what: str) -> Optional[list[int]]:
     if text is None:
         return None
     out: list[int] = []
-    try:
-        for part in filter(None, text.split(",")):
-            lo, _, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise InputError(f"--{what} {text!r} is not a list like 0,2,5-7") from None
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        try:
+            lo, hi = int(lo), int(hi or lo)
+        except ValueError:
+            raise InputError(f"--{what} {text!r} is not a list like 0,2,5-7") from None
+        if hi < lo:
+            raise InputError(f"--{what} {text!r}: the range {part} runs backwards; write it as {hi}-{lo}")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise InputError(f"--{what} {text!r} names no {what.rstrip('s')}; give a list like 0,2,5-7 or leave it out for all")
     return out
 
 
 def _read_texts(text: Optional[list[str]], file: Optional[Path]) -> list[str]:
     texts = list(text or [])
+    if any(not t.strip() for t in texts):
+        raise InputError("a --text is empty; give each --text a prompt (an unset shell variable expands to '')")
     if file is not None:
+        if file.is_dir():
+            raise InputError(f"--file {file} is a folder; name a text file")
         if not file.is_file():
             raise InputError(f"--file {file} does not exist")
         try:
@@ -228,6 +259,9 @@ def atlas(
     from interp.plugins import load_plugins
 
     names = tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None else None
+    if names == ():
+        raise InputError(f"--sections {sections!r} names no section; list some (e.g. head_summary,sinks) or leave "
+                         "it out for all")
     config = AtlasConfig(seed=seed, n_texts=n_texts, max_tokens=max_tokens, sections=names)
     config.check([name for name, _ in load_plugins().atlas_sections])
     facts = check_model(model, device)

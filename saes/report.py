@@ -41,10 +41,12 @@ EVAL_SEED_OPT = typer.Option(None, "--seed", help="must match the training seed,
 
 
 def check_corpus(source: str) -> None:
-    """The corpus names something that exists (InputError otherwise), checked before the model loads."""
+    """The corpus names something that exists and its first document is text (InputError otherwise),
+    checked before the model loads; the rest is read when the contexts are packed."""
     from saes.corpus import documents
 
-    documents(source)  # resolves the name or path; reading starts only when iterated
+    if next(iter(documents(source)), None) is None:
+        raise InputError(f"--corpus {source} holds no text; give a corpus with at least one non-empty document")
 
 
 def check_sae_args(facts, sae: Path | None, *, seed: int | None, corpus: str | None) -> tuple[Path, dict]:
@@ -264,8 +266,6 @@ def features_command(
 
     path, cfg = check_sae_args(check_model(model, device), sae, seed=seed, corpus=corpus)
     chosen = parse_indices(features, "features")
-    if chosen is not None and not chosen:
-        raise InputError(f"--features {features!r} names no feature")
     check_index(chosen, cfg["d_sae"], "features", f"the SAE ({cfg['d_sae']} latents)")
     if prompt is not None and not prompt.strip():
         raise InputError("--prompt is empty; pass some text or leave it out")

@@ -146,8 +146,6 @@ def safety_command(
     except ValueError:
         raise InputError(f"--ks {ks!r} is not a comma-separated list of integers") from None
     chosen = parse_indices(layers, "layers")
-    if chosen is not None and not chosen:
-        raise InputError(f"--layers {layers!r} names no layer")
     config = SafetyConfig(n_prompts=prompts, layers=chosen, ablation=ablation, scale=scale, sahara_steps=sahara_steps,
                           sahara_candidates=sahara_candidates, ks=k_list, draws=draws, n_check=check_prompts,
                           max_new_tokens=max_new_tokens, seed=seed)
