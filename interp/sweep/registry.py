@@ -93,7 +93,32 @@ def check_options(analysis: str, raw: dict[str, Any], where: str) -> dict[str, A
         cmd.make_context(analysis, to_argv(cmd, {**options, "out": "/dev/null/x"}), resilient_parsing=False)
     except click_errors.ClickException as err:
         raise InputError(f"{where}: {analysis}: {err.format_message()}") from None
+    if cmd.callback.__module__.startswith(BUILT_IN):
+        _run_checks(cmd, analysis, options, where)
     return options
+
+
+# built-in commands check every argument (model, layers, token counts against the context, ...) before
+# they load the model; a plugin's command may do work first, so for it only its parser is run
+BUILT_IN = ("interp.", "circuits.", "saes.")
+
+
+def _run_checks(cmd, analysis: str, options: dict[str, Any], where: str) -> None:
+    """Run a built-in command up to where it would load its model (`interp.cli.checks_only`)."""
+    import tempfile
+    from pathlib import Path
+
+    from interp.cli import ChecksPassed, checks_only
+
+    with tempfile.TemporaryDirectory(prefix="interp-sweep-check-") as parent, checks_only():
+        try:
+            cmd.main(args=to_argv(cmd, {**options, "out": str(Path(parent) / "out")}),
+                     prog_name=f"interp {analysis}", standalone_mode=False)
+        except ChecksPassed:
+            return
+        except InputError as err:
+            raise InputError(f"{where}: {analysis}: {err}") from None
+    raise AssertionError(f"interp {analysis} ran without loading a model; it cannot be checked ahead of a sweep")
 
 
 def to_argv(cmd, options: dict[str, Any]) -> list[str]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from interp.errors import InputError
+from interp.output import check_out
 from interp.sweep.spec import Job, SweepSpec
 
 JOB_JSON, DONE, ERROR, RUNNING, ATTEMPTS, LOG = "job.json", "done", "error.json", "running", "attempts.log", "log.txt"
@@ -100,11 +101,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, address: Optional[str]
     (a progress hook; raising KeyboardInterrupt from it stops the driver like Ctrl-C)."""
     from interp.sweep.summary import write_summary
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; name a folder (it is created if missing)")
-    if not out.resolve().parent.is_dir():
-        raise InputError(f"the folder {out.resolve().parent} for --out does not exist; create it or choose another --out")
+    out = check_out(out)
     check_address(address)
     result = SweepResult(out=out)
     pending = [j for j in spec.jobs if not is_finished(job_folder(out, j))]

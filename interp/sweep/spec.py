@@ -141,6 +141,8 @@ def load_spec(path: str | Path, max_retries: int | None = None) -> SweepSpec:
     from interp.sweep.registry import check_options
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"sweep spec {path} is a folder; name the spec's .toml file")
     if not path.is_file():
         raise InputError(f"sweep spec {path} does not exist")
     try:
@@ -151,6 +153,8 @@ def load_spec(path: str | Path, max_retries: int | None = None) -> SweepSpec:
     if unknown:
         raise InputError(f"{path}: unknown table [{sorted(unknown)[0]}]; a spec has [sweep], [resources] and [[jobs]]")
     settings = doc.get("sweep", {})
+    if not isinstance(settings, dict):
+        raise InputError(f"{path}: sweep = {settings!r} must be a table: write [sweep] with max_retries = 1 below it")
     retries = settings.get("max_retries", 1) if max_retries is None else max_retries
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise InputError(f"{path}: max_retries = {retries!r} must be an integer ≥ 0")
@@ -168,7 +172,10 @@ def load_spec(path: str | Path, max_retries: int | None = None) -> SweepSpec:
     return SweepSpec(path=path, jobs=jobs, max_retries=retries)
 
 
-def _expand_group(group: dict, base: Resources, where: str, check_options) -> list[Job]:
+def _expand_group(group: Any, base: Resources, where: str, check_options) -> list[Job]:
+    if not isinstance(group, dict):
+        raise InputError(f"{where}: {group!r} is not a table; write each job group as [[jobs]] with "
+                         "analysis = \"...\" below it")
     unknown = set(group) - _GROUP_KEYS
     if unknown:
         raise InputError(f"{where}: unknown key {sorted(unknown)[0]!r}; a job group has {', '.join(sorted(_GROUP_KEYS))}")
