@@ -75,11 +75,20 @@ def pydoc_documents() -> Iterator[str]:
 
 
 def local_documents(path: Path) -> Iterator[str]:
+    """The chunks of a text file, or of every .txt / .md file below a folder (the files are listed now,
+    read as they are iterated; InputError for no file, or one that is not UTF-8 text)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".md"})
     if not files:
         raise InputError(f"--corpus {path}: no .txt or .md files there")
-    for file in files:
-        yield from _chunks(file.read_text(encoding="utf-8", errors="replace"))
+    return (chunk for file in files for chunk in _chunks(_read_utf8(file)))
+
+
+def _read_utf8(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as err:
+        raise InputError(f"--corpus: {file} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                         "convert it to UTF-8 or move it out of the corpus") from None
 
 
 def hf_documents(spec: str) -> Iterator[str]:

@@ -125,9 +125,8 @@ def train_sae(
     sae_cfg = sae_config(architecture, d_in, d_sae, k=k, l1_coefficient=l1_coefficient,
                          l0_coefficient=l0_coefficient, warm_up_steps=max(1, tokens // batch_tokens // 20))
     out = Path(out) if out is not None else default_sae_dir(model.cfg.model_name, layer, architecture, d_sae)
-    out.mkdir(parents=True, exist_ok=True)
-
     contexts = corpus if isinstance(corpus, torch.Tensor) else token_contexts(model, corpus, context_size=context_size)
+    out.mkdir(parents=True, exist_ok=True)  # only once the corpus has given its contexts
     context_size = contexts.shape[1]
     train_ids, held_ids = split_ids(contexts.shape[0], held_out, seed=seed)
     train_rows = contexts[train_ids]
