@@ -471,6 +471,11 @@ def echo_induction(model: HookedTransformer, *, segment: int = 128, batch: int =
 # the analysis: needle tests, scores, echo/induction, masking, as one typed result
 
 
+# below this no model's template, needle, question and 16 haystack tokens fit (SmolLM2 needs 62 plain,
+# 89 chat); lengths between it and a model's own minimum are refused when the tests are built
+MIN_TEST_LENGTH = 32
+
+
 def check_retrieval_args(facts, config: RetrievalConfig) -> None:
     """Every option of a retrieval run against the model's facts (`interp.model_facts.ModelFacts`:
     context, heads), before any work. Lengths up to the context are accepted (those above
@@ -478,8 +483,9 @@ def check_retrieval_args(facts, config: RetrievalConfig) -> None:
     c = config
     if not c.lengths or not c.depths:
         raise InputError("give at least one --lengths value and one --depths value")
-    if min(c.lengths) < 1:
-        raise InputError(f"--lengths {min(c.lengths)} must be a positive number of tokens")
+    if min(c.lengths) < MIN_TEST_LENGTH:
+        raise InputError(f"--lengths {min(c.lengths)} is too short for a needle test: the prompt, needle, question "
+                         f"and haystack need about 60-90 tokens (89 on SmolLM2 in chat format); use at least 128")
     if facts.n_ctx is not None and max(c.lengths) > facts.n_ctx:
         raise InputError(f"--lengths {max(c.lengths)} exceeds the context of {facts.name} ({facts.n_ctx} tokens); "
                          f"use lengths up to {facts.n_ctx - c.max_new_tokens} (the answer's {c.max_new_tokens} tokens "
