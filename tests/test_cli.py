@@ -197,6 +197,17 @@ BAD_INPUTS = [
     (["sae", "eval", "--sae", "{tmp}/nowhere"], "is not an SAE directory"),
     (["sae", "features", "--sae", "{tmp}/sae_seeded", "--features", "3,64"], "--features 64 is out of range"),
     (["sae", "features", "--sae", "{tmp}/sae_broken"], "cfg.json is not valid JSON"),
+    (["trace", "-t", "hi", "--layers", "3-1"], "the range 3-1 runs backwards; write it as 1-3"),
+    (["trace", "-t", "hi", "--heads", ","], "--heads ',' names no head"),
+    (["trace", "-t", ""], "a --text is empty"),
+    (["trace", "--file", "{tmp}"], "is a folder; name a text file"),
+    (["trace", "-t", "hi", "--out", "/proc/interp-out"], "for --out is not writable"),
+    (["atlas", "--sections", ","], "--sections ',' names no section"),
+    (["ioi", "--out", "{tmp}/file.txt"], "is a file"),
+    (["retrieval", "--lengths", "3"], "--lengths 3 is too short for a needle test"),
+    (["sae", "train", "--layer", "3", "--corpus", "{tmp}/empty_corpus"], "no .txt or .md files there"),
+    (["sae", "train", "--layer", "3", "--corpus", "{tmp}/blank_corpus"], "holds no text"),
+    (["sae", "train", "--layer", "3", "--corpus", "{tmp}/garbage.txt"], "garbage.txt is not UTF-8 text (byte 0x80"),
 ]
 
 
@@ -219,6 +230,10 @@ def test_every_command_refuses_bad_input_before_loading(args, expected, tmp_path
     _sae_dirs(tmp_path)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     (tmp_path / "file.txt").write_text("a user's file")
+    (tmp_path / "empty_corpus").mkdir()
+    (tmp_path / "blank_corpus").mkdir()
+    (tmp_path / "blank_corpus" / "a.txt").write_text("  \n\n ")
+    (tmp_path / "garbage.txt").write_bytes(bytes(range(256)) * 8)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")

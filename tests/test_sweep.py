@@ -222,6 +222,12 @@ def test_a_rerun_after_an_interrupted_driver_runs_only_the_missing_jobs(ray_loca
     ('[[jobs]\nanalysis = "heads"\n', "is not valid TOML"),
     ('[[jobs]]\nanalysis = "heads"\nresources = { memory = "lots" }\n', "is not a size"),
     ("", "no jobs"),
+    ('sweep = 3\n[[jobs]]\nanalysis = "heads"\n', "sweep = 3 must be a table"),
+    ("jobs = [1]\n", "1 is not a table"),
+    # a built-in command's own checks run for every job before Ray starts
+    ('[[jobs]]\nanalysis = "heads"\nmodel = "no-such-model"\n', "heads: unknown model 'no-such-model'"),
+    ('[[jobs]]\nanalysis = "heads"\nparams = { max_tokens = 99999 }\n', "exceeds the context of smollm2-135m"),
+    ('[[jobs]]\nanalysis = "trace"\nparams = { text = ["hi"], layers = "0,40" }\n', "--layers 40 is out of range"),
 ])
 def test_bad_specs_answer_with_one_line_and_exit_2_before_ray_starts(ray_local, tmp_path, capsys, monkeypatch,
                                                                      body, message):
