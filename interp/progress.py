@@ -26,6 +26,11 @@ def progress_bar(items: Iterable[T], desc: str, enabled: Optional[bool] = None, 
     return tqdm(items, desc=desc, total=total, unit=unit, leave=False, delay=delay, dynamic_ncols=True)
 
 
+def progress_enabled(enabled: Optional[bool] = None) -> bool:
+    """Whether a loop with its own bar (sae_lens' trainer, the sweep driver) shows it, per the policy."""
+    return _policy(enabled)[0]
+
+
 def _policy(enabled: Optional[bool]) -> tuple[bool, float]:
     """(show a bar, seconds before it appears) for a call's `progress` argument."""
     if enabled is not None:

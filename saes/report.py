@@ -192,7 +192,7 @@ def eval_command(
     check_out(out)
     net = load_cli_model(model, device)
     result = sae_eval_analysis(net, path, contexts=contexts, corpus=corpus, seed=seed,
-                               frequency_contexts=frequency_contexts, progress=True)
+                               frequency_contexts=frequency_contexts)
     part = evaluation_part(result)
     with staged_output(out) as stage:
         write_analysis(stage, "sae_eval", net.cfg.model_name, part["json"], f"SAE evaluation: {net.cfg.model_name}", part)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from interp.errors import InputError
+from interp.progress import progress_enabled
 
 ARCHITECTURES = ("topk", "standard", "jumprelu", "batchtopk")
 CHECKPOINT_RUN = "run"
@@ -97,7 +98,7 @@ def train_sae(
     corpus: str | Any = "bible", held_out: float = 0.02, batch_tokens: int = 1024, lr: float = 2e-3,
     out: str | Path | None = None, n_checkpoints: int = 4, resume: bool = True, seed: int = 0,
     lm_dtype: str = "auto", autocast: bool | None = None, store_batch_prompts: int = 16, buffer_factor: int = 16,
-    progress: bool = True, stop_after_steps: int | None = None, on_step: Callable | None = None,
+    progress: bool | None = None, stop_after_steps: int | None = None, on_step: Callable | None = None,
 ) -> Path:
     """Train an SAE on hook_z of `layer` (all heads concatenated) and return its directory.
 
@@ -154,7 +155,7 @@ def train_sae(
             warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")
             runner = runner_cls(runner_cfg, override_dataset=as_dataset(train_rows), override_model=lm,
-                                progress=progress, stop_after_steps=stop_after_steps, on_step=on_step)
+                                progress=progress_enabled(progress), stop_after_steps=stop_after_steps, on_step=on_step)
             runner.run()
         status = "complete"
     finally:

@@ -74,7 +74,7 @@ def heads_command(
     check_tokens(max_tokens, facts, "max-tokens")
     check_out(out)
     net = load_cli_model(model, device)
-    result = head_types_analysis(net, sample_texts(n_texts, seed=seed), seed=seed, max_tokens=max_tokens, progress=True)
+    result = head_types_analysis(net, sample_texts(n_texts, seed=seed), seed=seed, max_tokens=max_tokens)
     part = section(result)
     with staged_output(out) as stage:
         write_analysis(stage, "heads", net.cfg.model_name, part["json"], f"Head types: {net.cfg.model_name}", part)

@@ -138,7 +138,7 @@ def ioi_command(
     net = load_cli_model(model, device)
     result = ioi_analysis(net, n_prompts=n_prompts, method=method, seed=seed, steps=steps, tau=tau,
                           acdc_candidates=acdc_candidates, target=target, checks=checks, mib=mib,
-                          curve_points=curve_points, edge_curves=edge_curves, progress=True)
+                          curve_points=curve_points, edge_curves=edge_curves)
     part = _section(result)
     schema = f"interp.{result.KIND}/{result.VERSION}"
     body = {"schema": schema, **part["json"]}  # the body's schema (version 2) is the one ioi.json carries

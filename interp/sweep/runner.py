@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 
 from interp.errors import InputError
 from interp.output import check_out
+from interp.progress import progress_enabled
 from interp.sweep.spec import Job, SweepSpec
 
 JOB_JSON, DONE, ERROR, RUNNING, ATTEMPTS, LOG = "job.json", "done", "error.json", "running", "attempts.log", "log.txt"
@@ -93,7 +94,7 @@ def connect(address: Optional[str]) -> bool:
     return True
 
 
-def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, address: Optional[str] = None, progress: bool = True,
+def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, address: Optional[str] = None, progress: bool | None = None,
               on_update: Optional[Callable[[dict[str, int]], None]] = None) -> SweepResult:
     """Run every unfinished job of `spec` on Ray, write DIR/summary.{json,html}; return what ran.
 
@@ -133,7 +134,7 @@ def _run_pending(jobs: list[Job], out: Path, max_retries: int, result: SweepResu
     refs = {task.options(**job.resources.ray_options(), max_retries=max_retries, retry_exceptions=True,
                          name=f"interp-sweep:{job.id}").remote(job.to_dict(), str(job_folder(out, job))): job
             for job in jobs}
-    bar = tqdm(total=len(jobs), desc="sweep", unit="job", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), desc="sweep", unit="job", disable=not progress_enabled(progress), dynamic_ncols=True)
     left = list(refs)
     try:
         while left:
