@@ -393,12 +393,13 @@ def _cli(capsys, *argv):
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
-    cases = _bad_inputs(tmp_path)
-    _yarn_llama(tmp_path / "yarn")
-    cases["parity failure"] = (tmp_path / "yarn", "rope_scaling.rope_type=yarn")
-    for name, (folder, fragment) in cases.items():
+    for name, (folder, fragment) in _bad_inputs(tmp_path).items():  # refused from config.json alone: one line
         code, _, errors, err = _cli(capsys, "trace", "--model", str(folder), "--out", str(tmp_path / "out"), "-t", "hi")
-        assert code == 2 and len(errors) == 1 and fragment in errors[0] and "Traceback" not in err, (name, err)
+        assert code == 2 and len(errors) == 1 and fragment in errors[0], (name, err)
+        assert [line for line in err.splitlines() if line.strip()] == errors, (name, err)
+    _yarn_llama(tmp_path / "yarn")  # refused after conversion (the parity check): the conversion notice comes first
+    code, _, errors, err = _cli(capsys, "trace", "--model", str(tmp_path / "yarn"), "--out", str(tmp_path / "out"), "-t", "hi")
+    assert code == 2 and len(errors) == 1 and "rope_scaling.rope_type=yarn" in errors[0] and "Traceback" not in err, err
     assert not (tmp_path / "out").exists() and _entries(tmp_path / "cache") == []
     code, _, errors, _ = _cli(capsys, "--dtype", "int3", "models")
     assert code == 2 and "is not one of float32, bfloat16, float16" in errors[0]
