@@ -92,6 +92,16 @@ def check_index(values: Optional[list[int]], upper: Optional[int], what: str, mo
         raise InputError(f"--{what} {bad[0]} is out of range; {model} has {what} 0-{upper - 1}")
 
 
+def check_n_texts(n: int) -> None:
+    """--n-texts asks for no more real-text passages than this Python's reference documentation gives."""
+    from interp.texts import reference_paragraphs
+
+    available = len(reference_paragraphs())
+    if n > available:
+        raise InputError(f"--n-texts {n}: this Python's reference documentation gives {available} passages; "
+                         f"use at most {available}")
+
+
 def check_tokens(n: int, facts, what: str, *, factor: int = 1) -> None:
     """`n` tokens (times `factor`, where the command builds longer inputs from it) fit the model's context."""
     if facts.n_ctx is not None and n * factor > facts.n_ctx:
@@ -266,6 +276,7 @@ def atlas(
     config.check([name for name, _ in load_plugins().atlas_sections])
     facts = check_model(model, device)
     check_tokens(max_tokens, facts, "max-tokens")
+    check_n_texts(n_texts)
     check_out(out)
     net = load_cli_model(model, device)
     with staged_output(out) as stage:

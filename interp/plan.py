@@ -185,6 +185,8 @@ def plan_memory(model: str, *, length: int, batch: int = 1, dtype: str = "float3
     if length > shape.n_ctx:
         raise InputError(f"--length {length} is longer than {shape.name}'s context of {shape.n_ctx} tokens")
     memory = parse_memory(device_memory, "--device-memory") if device_memory is not None else default_device_memory()
+    if memory <= 0:
+        raise InputError(f"--device-memory {device_memory}: a device needs some memory; give its size, e.g. 80GB")
     return plan_for_shape(shape, length=length, batch=batch, dtype=dtype, device_memory=memory)
 
 

@@ -203,6 +203,8 @@ BAD_INPUTS = [
     (["trace", "--file", "{tmp}"], "is a folder; name a text file"),
     (["trace", "-t", "hi", "--out", "/proc/interp-out"], "for --out is not writable"),
     (["atlas", "--sections", ","], "--sections ',' names no section"),
+    (["heads", "--n-texts", "100000"], "--n-texts 100000: this Python's reference documentation gives"),
+    (["compare", "--n-texts", "100000"], "use at most"),
     (["ioi", "--out", "{tmp}/file.txt"], "is a file"),
     (["retrieval", "--lengths", "3"], "--lengths 3 is too short for a needle test"),
     (["sae", "train", "--layer", "3", "--corpus", "{tmp}/empty_corpus"], "no .txt or .md files there"),

@@ -63,6 +63,7 @@ def test_eager_patterns_grow_with_the_square_of_the_length_and_fused_statistics_
 @pytest.mark.parametrize("args, message", [
     (["--dtype", "int8"], "--dtype int8 is not one of"),
     (["--device-memory", "lots"], "is not a size"),
+    (["--device-memory", "0"], "a device needs some memory"),
 ])
 def test_plan_bad_input_answers_with_one_line_and_exit_2(capsys, args, message):
     assert main(["plan", "--model", "smollm2-135m", "--length", "64", *args]) == 2

@@ -9,7 +9,7 @@ import pandas as pd
 import typer
 
 from circuits.compare import ModelTaxonomy, model_atlas, model_taxonomy, summary_row
-from interp.cli import DEVICE, JSON, OUT, SEED, check_model, emit, load_cli_model
+from interp.cli import DEVICE, JSON, OUT, SEED, check_model, check_n_texts, emit, load_cli_model
 from interp.errors import InputError
 from interp.results import frame_records
 from interp.texts import sample_texts
@@ -71,6 +71,7 @@ def compare_command(
         raise InputError("--models names no model; pass e.g. --models smollm2-135m,gemma3-270m")
     for name in names:  # every name resolved before the first model runs
         check_model(name, device)
+    check_n_texts(n_texts)
     check_out(out)
     texts = sample_texts(n_texts, seed=seed)
     results = [model_taxonomy(load_cli_model(name, device), texts, seed=seed, dormant_texts=dormant_texts)

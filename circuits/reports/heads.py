@@ -16,6 +16,7 @@ from interp.cli import (
     OUT,
     SEED,
     check_model,
+    check_n_texts,
     check_tokens,
     emit,
     load_cli_model,
@@ -72,6 +73,7 @@ def heads_command(
 
     facts = check_model(model, device)
     check_tokens(max_tokens, facts, "max-tokens")
+    check_n_texts(n_texts)
     check_out(out)
     net = load_cli_model(model, device)
     result = head_types_analysis(net, sample_texts(n_texts, seed=seed), seed=seed, max_tokens=max_tokens)

@@ -14,6 +14,7 @@ from interp.cli import (
     OUT,
     SEED,
     check_model,
+    check_n_texts,
     check_tokens,
     emit,
     load_cli_model,
@@ -77,6 +78,7 @@ def sinks_command(
 
     facts = check_model(model, device)
     check_tokens(max_tokens, facts, "max-tokens")
+    check_n_texts(n_texts)
     if k >= max_tokens:
         raise InputError(f"--k {k} must be a position inside the first --max-tokens {max_tokens} tokens")
     check_out(out)
