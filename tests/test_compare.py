@@ -1,7 +1,7 @@
 """Both embedded models through the same taxonomy, side by side (Gemma's sliding windows included)."""
 import pytest
 import torch
-from transformer_lens import head_detector as hd
+from head_reference import tl_head_scores
 
 from circuits.compare import model_taxonomy, summary_row
 from circuits.heads import repeated_random_tokens
@@ -24,26 +24,15 @@ def _sink_ratio_reference(model, texts) -> float:
     return 100 * torch.stack(hits).double().mean().item()
 
 
-def _induction_reference(model) -> torch.Tensor:
-    """TransformerLens' induction-head score (head_detector's detection pattern and similarity) on
-    the taxonomy's input, 4 × (128 random tokens twice), mean over sequences. [layer, head]"""
-    per_seq = []
-    for row in repeated_random_tokens(model, 128, batch=4, seed=0):
-        _, cache = model.run_with_cache(row[None], names_filter=lambda n: n.endswith("hook_pattern"))
-        detection = hd.get_induction_head_detection_pattern(row[None].cpu())
-        per_seq.append(torch.tensor([[hd.compute_head_attention_similarity_score(
-            cache["pattern", layer][0, h], detection, exclude_bos=False, exclude_current_token=False, error_measure="mul")
-            for h in range(model.cfg.n_heads)] for layer in range(model.cfg.n_layers)]))
-    return torch.stack(per_seq).mean(0)
-
-
 def test_side_by_side_summary_and_figures(results, smollm2, gemma3, real_texts):
     rows = [summary_row(r) for r in results]
     assert [r["name"] for r in rows] == ["smollm2-135m", "gemma3-270m"]
     assert [r["n_layers"] for r in rows] == [30, 18] and [r["n_key_value_heads"] for r in rows] == [3, 1]
     for row, model in zip(rows, (smollm2, gemma3)):
         assert row["sink_ratio_pct"] == pytest.approx(_sink_ratio_reference(model, real_texts[:3]), rel=1e-6)  # one head flipping: 0.1 %
-        assert row["induction_heads_over_0.1"] == int((_induction_reference(model) > 0.1).sum())
+        # TL's induction score on the taxonomy's input: 4 × (128 random tokens twice), seed 0
+        tl = tl_head_scores(model, repeated_random_tokens(model, 128, batch=4, seed=0), "induction", False, False)
+        assert row["induction_heads_over_0.1"] == int((tl > 0.1).sum())
         assert row["max_resid_peak"] > 1
     assert rows[0]["induction_heads_over_0.1"] >= 3  # SmolLM2's L17H3, L18H6, L18H7 …
     heat, curves, induction, overlaps = figures(results)

@@ -3,6 +3,7 @@ and kernel paths against each other, GQA mapping, sliding windows, long context,
 import numpy as np
 import pytest
 import torch
+from head_reference import tl_head_scores as _tl_reference
 from tiny import random_prompts, tiny_gqa_model
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import head_detector as hd
@@ -34,20 +35,6 @@ def _one_thread():
 
 def _grid(table: interp.HeadTable, kind: str) -> torch.Tensor:
     return torch.tensor(table.grid(kind).values, dtype=torch.float64)
-
-
-def _tl_reference(model, tokens: torch.Tensor, kind: str, exclude_bos: bool, exclude_current_token: bool) -> torch.Tensor:
-    """TransformerLens' own scoring on token ids: its detection pattern and its similarity score on
-    each sequence's eager pattern, averaged over sequences like detect_head on a list. [layer, head]"""
-    make = getattr(hd, f"get_{kind}_head_detection_pattern")
-    per_seq = []
-    for row in tokens:
-        _, cache = model.run_with_cache(row[None], remove_batch_dim=True)
-        detection = make(row[None].cpu())
-        per_seq.append(torch.tensor([[hd.compute_head_attention_similarity_score(
-            cache["pattern", l][h], detection, exclude_bos=exclude_bos, exclude_current_token=exclude_current_token,
-            error_measure="mul") for h in range(model.cfg.n_heads)] for l in range(model.cfg.n_layers)], dtype=torch.float64))
-    return torch.stack(per_seq).mean(0)
 
 
 def _tiny_local_model(window: int = 4) -> HookedTransformer:
