@@ -266,7 +266,7 @@ def atlas(
 
     names = tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None else None
     if names == ():
-        raise InputError(f"--sections {sections!r} names no section; list some (e.g. head_summary,sinks) or leave "
+        raise InputError(f"--sections {sections!r} names no section; list some (e.g. head_types,sinks) or leave "
                          "it out for all")
     config = AtlasConfig(seed=seed, n_texts=n_texts, max_tokens=max_tokens, sections=names)
     config.check([name for name, _ in load_plugins().atlas_sections])
