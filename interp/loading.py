@@ -190,7 +190,7 @@ def _load_hf(source: ModelSource) -> tuple[Any, Any]:
         where.update(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
     else:
         where.update(pretrained_model_name_or_path=source.location)
-        _check_hf_config(source)
+        check_hf_config(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
     except (ValueError, OSError) as err:
@@ -206,7 +206,7 @@ def _load_hf(source: ModelSource) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def _check_hf_config(source: ModelSource) -> None:
+def check_hf_config(source: ModelSource) -> None:
     """Name an architecture transformers or TransformerLens cannot handle before weights are read."""
     from transformers import AutoConfig
 

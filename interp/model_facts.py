@@ -67,7 +67,7 @@ def model_facts(name_or_path: str, cache_dir: str | Path | None = None) -> Model
     if source.kind == "gguf":
         return _gguf_facts(source.label, Path(source.location))
     if source.kind == "hf_dir":
-        loading._check_hf_config(source)  # an architecture nothing converts is refused here, not mid-load
+        loading.check_hf_config(source)  # an architecture nothing converts is refused here, not mid-load
         return _hf_facts(source.label, _read_json(Path(source.location) / "config.json") or {})
     return ModelFacts(source.label)
 
