@@ -73,7 +73,35 @@ def sae_file_config(path: str | Path) -> dict[str, Any]:
     if missing or not isinstance(hook, str):
         what = ", ".join(missing + ([] if isinstance(hook, str) else ["hook_name"]))
         raise InputError(f"--sae {path}: cfg.json lacks a valid {what}; it is not an SAE saved by sae_lens")
+    check_weight_shapes(path, cfg["d_in"], cfg["d_sae"])
     return {**cfg, "hook_name": hook}
+
+
+# what sae_lens' SAEs save, as (rows, columns) of cfg.json's sizes
+WEIGHT_SHAPES = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
+
+
+def check_weight_shapes(path: Path, d_in: int, d_sae: int) -> None:
+    """sae_weights.safetensors' header (read without loading a tensor) holds W_enc [d_in, d_sae], W_dec
+    [d_sae, d_in] and b_dec [d_in] as cfg.json's sizes say; InputError naming the first that does not,
+    so a damaged or mismatched weights file is refused before any model loads."""
+    from safetensors import safe_open
+
+    file = path / "sae_weights.safetensors"
+    sizes = {"d_in": d_in, "d_sae": d_sae}
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error type for a bad header
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise InputError(f"--sae {path}: sae_weights.safetensors is not a safetensors file ({first}); retrain the "
+                         "SAE or restore the file") from None
+    for name, dims in WEIGHT_SHAPES.items():
+        want = tuple(sizes[d] for d in dims)
+        if shapes.get(name) != want:
+            got = "missing" if name not in shapes else f"shape {list(shapes[name])}"
+            raise InputError(f"--sae {path}: sae_weights.safetensors' {name} is {got}, but cfg.json (d_in {d_in}, "
+                             f"d_sae {d_sae}) needs {list(want)}; the two files do not belong together")
 
 
 def hook_layer(hook: str) -> int:

@@ -142,17 +142,28 @@ def test_dormant_rejects_an_unknown_domain(tmp_path):
 
 def _sae_dirs(tmp):
     """SAE directories a user might point at: broken cfg.json, wrong width, wrong layer, trained with seed 3."""
+    from safetensors.torch import save_file
+
     made = {}
+    layer3 = {"d_in": 576, "d_sae": 64, "metadata": {"hook_name": "blocks.3.attn.hook_z"}}
     for name, cfg in {"broken": "{not json", "wide": {"d_in": 10, "d_sae": 20, "metadata": {"hook_name": "blocks.3.attn.hook_z"}},
                       "deep": {"d_in": 576, "d_sae": 64, "metadata": {"hook_name": "blocks.99.attn.hook_z"}},
-                      "seeded": {"d_in": 576, "d_sae": 64, "metadata": {"hook_name": "blocks.3.attn.hook_z"}},
+                      "seeded": layer3, "junk": layer3, "transposed": layer3,
                       "resid": {"d_in": 576, "d_sae": 64, "metadata": {"hook_name": "blocks.3.hook_resid_pre"}}}.items():
         d = tmp / f"sae_{name}"
         d.mkdir()
         (d / "cfg.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
-        (d / "sae_weights.safetensors").write_bytes(b"")
+        if isinstance(cfg, dict):  # weights of the sizes cfg.json names, as sae_lens saves them
+            d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+            save_file({"W_enc": torch.zeros(d_in, d_sae), "b_enc": torch.zeros(d_sae), "W_dec": torch.zeros(d_sae, d_in),
+                       "b_dec": torch.zeros(d_in)}, str(d / "sae_weights.safetensors"))
+        else:
+            (d / "sae_weights.safetensors").write_bytes(b"")
         made[name] = d
     (made["seeded"] / "training.json").write_text(json.dumps({"data": {"seed": 3, "corpus": "bible"}}))
+    (made["junk"] / "sae_weights.safetensors").write_bytes(bytes(range(256)) * 4)
+    save_file({"W_enc": torch.zeros(576, 64), "W_dec": torch.zeros(576, 64), "b_dec": torch.zeros(576)},
+              str(made["transposed"] / "sae_weights.safetensors"))
     return made
 
 
@@ -197,6 +208,8 @@ BAD_INPUTS = [
     (["sae", "eval", "--sae", "{tmp}/nowhere"], "is not an SAE directory"),
     (["sae", "features", "--sae", "{tmp}/sae_seeded", "--features", "3,64"], "--features 64 is out of range"),
     (["sae", "features", "--sae", "{tmp}/sae_broken"], "cfg.json is not valid JSON"),
+    (["sae", "eval", "--sae", "{tmp}/sae_junk"], "sae_weights.safetensors is not a safetensors file"),
+    (["sae", "features", "--sae", "{tmp}/sae_transposed"], "W_dec is shape [576, 64], but cfg.json (d_in 576, d_sae 64) needs [64, 576]"),
     (["trace", "-t", "hi", "--layers", "3-1"], "the range 3-1 runs backwards; write it as 1-3"),
     (["trace", "-t", "hi", "--heads", ","], "--heads ',' names no head"),
     (["trace", "-t", ""], "a --text is empty"),
