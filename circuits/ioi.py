@@ -20,11 +20,13 @@ TaskData.ablation); never a single prompt's own corruption.
 
 Second task, for component reuse: factual recall of capitals ("The capital of France is" →
 " Paris"; corruption: another country, whose capital is the wrong token; metric logit(capital) −
-logit(other capital)). Chosen because SmolLM2-135M solves it (measured: 100 % of 22 single-token
-countries) while the colored-objects task Merullo et al. used does not (measured 38–58 % on three
-phrasings, chance is 33–50 %), nor do gendered pronouns (67 %); it also contrasts with IOI: the
-answer comes from the weights, not from the context, so the head overlap measures how much of the
-IOI machinery (name movers copying from context) a recall task reuses.
+logit(other capital)). Chosen because SmolLM2-135M solves it (logit(capital) > logit(other capital)
+on 48 of 48 prompts over 22 single-token countries; top-1 82–91 % per template) while the
+colored-objects task Merullo et al. used is near chance (the asked color ranks first among the three
+listed on 31–52 % of prompts per phrasing, chance 33 %); `python benchmarks/bench_ioi.py --tasks`,
+benchmarks/RESULTS.md. It also contrasts with IOI: the answer comes from the weights, not from the
+context, so the head overlap measures how much of the IOI machinery (name movers copying from
+context) a recall task reuses.
 """
 from __future__ import annotations
 
