@@ -6,7 +6,13 @@ head, the machine's load average, and the top heads. --layers restricts the head
 time then extrapolates to all heads: restarts from layer l cost ∝ n_layers − l, so pick layers
 spread over the depth).
 
+--refusal-ks K,K then runs `circuits.safety.refusal_check` on the scored heads: greedy answers
+(--max-new-tokens) to the harmful and harmless sets (--check-prompts each), unablated, with the top-k
+Ships heads ablated and with k random scored heads (--draws), and reports each refusal rate (the
+phrase detector of `circuits.refusal`) with a few base answers.
+
     python benchmarks/bench_safety.py --prompts 100 --json /tmp/bench_safety.json
+    python benchmarks/bench_safety.py --prompts 100 --refusal-ks 1,3 --json /tmp/bench_refusal.json
 """
 from __future__ import annotations
 
@@ -24,13 +30,17 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--refusal-ks", default=None, help="comma-separated k for the refusal check (default: none)")
+    ap.add_argument("--check-prompts", type=int, default=100, help="refusal check: prompts per set")
+    ap.add_argument("--draws", type=int, default=2, help="refusal check: random draws per k")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     import torch
 
     import interp
-    from circuits.safety import load_prompts, ships
+    from circuits.safety import load_prompts, refusal_check, ships, summary
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,6 +64,16 @@ def main() -> None:
         "seconds_all_heads_extrapolated": total * all_layers / restart_layers,
         "top": result.table.top("ships", 8).df[["label", "ships", "sahara_angle"]].to_dict("records"),
     }
+    if args.refusal_ks:
+        t1 = time.perf_counter()
+        sets = {kind: load_prompts(kind)["prompt"].tolist()[: args.check_prompts] for kind in ("harmful", "harmless")}
+        checks, answers = refusal_check(model, result.table, ks=[int(k) for k in args.refusal_ks.split(",")],
+                                        draws=args.draws, harmful=sets["harmful"], harmless=sets["harmless"],
+                                        max_new_tokens=args.max_new_tokens, progress=True)
+        out["refusal"] = {"prompts_per_set": {k: len(v) for k, v in sets.items()}, "max_new_tokens": args.max_new_tokens,
+                          "summary": summary(checks).to_dict("records"), "runs": checks.to_dict("records"),
+                          "base_answers": {k: v[:5] for k, v in answers.items()},
+                          "seconds": time.perf_counter() - t1}
     text = json.dumps(out, indent=1, default=str)
     print(text)
     if args.json:
