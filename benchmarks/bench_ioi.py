@@ -69,17 +69,14 @@ def _last_logits(model, texts: list[str]):
         return torch.stack([model(model.to_tokens(t))[0, -1] for t in texts])
 
 
-def _first_token(model, word: str) -> int:
-    return model.tokenizer.encode(" " + word, add_special_tokens=False)[0]
-
-
 def tasks(model, n: int, seed: int) -> dict:
     """Top-1 accuracy per task (and per phrasing), with the chance level where the answer is one of a few."""
     import random
 
     import torch
 
-    from circuits.ioi import CAPITAL_TEMPLATES, CAPITALS, baseline, capitals_dataset, ioi_dataset, single_tokens
+    from circuits.ioi import (CAPITAL_TEMPLATES, CAPITALS, baseline, capitals_dataset, ioi_dataset, single_tokens,
+                             token_id)
 
     out: dict = {"ioi": {split: baseline(model, ioi_dataset(model, n, seed=seed, split=split))
                          for split in ("select", "eval")}}
@@ -87,7 +84,7 @@ def tasks(model, n: int, seed: int) -> dict:
     out["capitals"] = {"countries": len(countries), "top1_by_template": {}}
     for template in CAPITAL_TEMPLATES:
         logits = _last_logits(model, [template.format(X=c) for c in countries])
-        answers = [_first_token(model, CAPITALS[c]) for c in countries]
+        answers = [token_id(model, CAPITALS[c]) for c in countries]
         out["capitals"]["top1_by_template"][template] = float((logits.argmax(-1).cpu() == torch.tensor(answers)).float().mean())
     out["capitals"]["pairwise"] = baseline(model, capitals_dataset(model, n, seed=seed))
     colors, things = single_tokens(model, COLORS), single_tokens(model, THINGS)
@@ -99,17 +96,17 @@ def tasks(model, n: int, seed: int) -> dict:
             cs, os_ = rng.sample(colors, 3), rng.sample(things, 3)
             q = rng.randrange(3)
             texts.append(phrasing.format(c0=cs[0], c1=cs[1], c2=cs[2], o0=os_[0], o1=os_[1], o2=os_[2], q=os_[q]))
-            answers.append(_first_token(model, cs[q]))
-            listed.append([_first_token(model, c) for c in cs])
+            answers.append(token_id(model, cs[q]))
+            listed.append([token_id(model, c) for c in cs])
         logits = _last_logits(model, texts).cpu()
         among = [ids[int(logits[i, ids].argmax())] == answers[i] for i, ids in enumerate(listed)]
         out["colored_objects"]["by_phrasing"][phrasing] = {
             "top1": float((logits.argmax(-1) == torch.tensor(answers)).float().mean()),
             "among_listed": sum(among) / len(among)}
-    she, he = _first_token(model, "she"), _first_token(model, "he")
+    she, he = token_id(model, "she"), token_id(model, "he")
+    names = [(w, she, he) for w in WOMEN] + [(m, he, she) for m in MEN]
     out["pronouns"] = {"chance": 0.5, "by_template": {}}
     for template in PRONOUN_TEMPLATES:
-        names = [(w, she, he) for w in WOMEN] + [(m, he, she) for m in MEN]
         logits = _last_logits(model, [template.format(N=name) for name, _, _ in names]).cpu()
         right = [float(logits[i, good] > logits[i, bad]) for i, (_, good, bad) in enumerate(names)]
         out["pronouns"]["by_template"][template] = sum(right) / len(right)
@@ -126,7 +123,7 @@ def copies(model, heads: list[str]) -> dict:
     label = {lh: HeadId(*lh).label for lh in every}
     top = {kind: [(label[lh], scores[lh][i]) for lh in sorted(every, key=lambda lh: -scores[lh][i])[:5]]
            for i, kind in enumerate(("copy", "negative_copy"))}
-    named = {name: scores[(HeadId.parse(name).layer, HeadId.parse(name).head)] for name in heads}
+    named = {name: scores[(head.layer, head.head)] for name, head in ((n, HeadId.parse(n)) for n in heads)}
     return {"top": top, "heads": {k: {"copy": v[0], "negative_copy": v[1]} for k, v in named.items()}}
 
 

@@ -141,7 +141,8 @@ def test_dormant_rejects_an_unknown_domain(tmp_path):
 # and return within a few seconds.
 
 def _sae_dirs(tmp):
-    """SAE directories a user might point at: broken cfg.json, wrong width, wrong layer, trained with seed 3."""
+    """SAE directories a user might point at: broken cfg.json, wrong width, wrong layer, trained with seed 3,
+    a weights file that is not safetensors, and one whose W_dec does not have cfg.json's shape."""
     from safetensors.torch import save_file
 
     made = {}
