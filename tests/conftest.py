@@ -26,7 +26,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# pytest-xdist's controller imports this file before it starts its workers, which inherit its
+# environment: every worker then shares one cache, and each model converts once per run, not once
+# per worker (interp.loading locks an entry while one process converts it; the others wait, then read).
 _SESSION_CACHE = Path(os.environ.get("INTERP_TEST_CACHE") or tempfile.mkdtemp(prefix="interp-test-cache-"))
+os.environ["INTERP_TEST_CACHE"] = str(_SESSION_CACHE)
 os.environ["INTERP_CACHE"] = str(_SESSION_CACHE)  # notebooks and CLI subprocesses share it
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("INTERP_PROGRESS", "0")  # progress bars off in test logs (tests/test_progress.py tests the policy)
