@@ -78,28 +78,47 @@ def switching_heads(classified: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "layer", "head", "dormant_on", "active_on", "dormant_domain", "active_domain"])
 
 
-def _clean_runs(model: HookedTransformer, tokens: list[torch.Tensor], layers: set[int]) -> tuple[float, list[dict]]:
-    """Mean next-token loss (nats) over one domain's prompts, each run alone, and per prompt the residual
-    stream entering each of `layers` (for reruns from there)."""
+BATCH_TOKENS = 512  # prompts of one length run together up to this many tokens (logits: batch x len x vocab)
+
+
+def _same_length_batches(tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The prompts grouped by length and stacked, at most BATCH_TOKENS tokens a batch: each batch
+    [batch, pos] needs no padding, so every prompt computes what it computes alone."""
+    by_length: dict[int, list[torch.Tensor]] = {}
+    for t in tokens:
+        by_length.setdefault(len(t), []).append(t)
+    batches = []
+    for length, group in by_length.items():
+        size = max(1, BATCH_TOKENS // length)
+        batches += [torch.stack(group[i:i + size]) for i in range(0, len(group), size)]
+    return batches
+
+
+def _prompt_losses(logits: torch.Tensor, tokens: torch.Tensor) -> list[float]:
+    """Each prompt's mean next-token loss (nats): logits [batch, pos, vocab], tokens [batch, pos]."""
+    return lm_cross_entropy_loss(logits, tokens.to(logits.device), per_token=True).mean(-1).tolist()
+
+
+def _clean_runs(model: HookedTransformer, tokens: list[torch.Tensor], layers: set[int]) -> tuple[float, list[tuple]]:
+    """Mean next-token loss (nats) over one domain's prompts, and per same-length batch its tokens
+    [batch, pos] and the residual stream entering each of `layers` (for reruns from there)."""
     names = {f"blocks.{l}.hook_resid_pre": l for l in layers}
-    losses, resids = [], []
+    losses, batches = [], []
     with torch.no_grad():
-        for t in tokens:
-            t = t[None].to(model.cfg.device)
-            logits, cache = model.run_with_cache(t, names_filter=list(names))
-            losses.append(lm_cross_entropy_loss(logits, t).item())
-            resids.append({l: cache[name] for name, l in names.items()})
-    return sum(losses) / len(losses), resids
+        for batch in _same_length_batches(tokens):
+            logits, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=list(names))
+            losses += _prompt_losses(logits, batch)
+            batches.append((batch, {l: cache[name] for name, l in names.items()}))
+    return sum(losses) / len(losses), batches
 
 
-def _ablated_loss(model: HookedTransformer, tokens: list[torch.Tensor], resids: list[dict], layer: int, head: int) -> float:
-    """Mean next-token loss with head `head` of `layer` zeroed: each prompt rerun from its clean residual at
-    `layer` (the layers before it do not change), as TransformerLens' forward with start_at_layer."""
+def _ablated_loss(model: HookedTransformer, batches: list[tuple], layer: int, head: int) -> float:
+    """Mean next-token loss with head `head` of `layer` zeroed: each batch rerun from its clean residual
+    at `layer` (the layers before it do not change), as TransformerLens' forward with start_at_layer."""
     losses = []
     with torch.no_grad(), model.hooks(fwd_hooks=[_zero_head(layer, head)]):
-        for t, resid in zip(tokens, resids):
-            logits = model(resid[layer], start_at_layer=layer, return_type="logits")
-            losses.append(lm_cross_entropy_loss(logits, t[None].to(logits.device)).item())
+        for batch, resid in batches:
+            losses += _prompt_losses(model(resid[layer], start_at_layer=layer, return_type="logits"), batch)
     return sum(losses) / len(losses)
 
 
@@ -115,8 +134,9 @@ def _zero_head(layer: int, head: int):
 def causal_check(model: HookedTransformer, switching: pd.DataFrame, prompts: dict, *,
                  progress: bool | None = None) -> pd.DataFrame:
     """For every switching head: next-token loss increase when its output is zeroed, on its most
-    dormant domain and on its most active domain (`delta_dormant`, `delta_active`). Each domain's prompts
-    run once clean; an ablated run starts at the head's layer from the clean residual there."""
+    dormant domain and on its most active domain (`delta_dormant`, `delta_active`; each a mean over the
+    domain's prompts). Each domain's prompts run once clean, prompts of one length batched without
+    padding; an ablated run starts at the head's layer from the clean residual there."""
     layers: dict[str, set[int]] = {}
     for row in switching.itertuples():
         for domain in (row.dormant_domain, row.active_domain):
@@ -126,8 +146,8 @@ def causal_check(model: HookedTransformer, switching: pd.DataFrame, prompts: dic
     for row in progress_bar(list(switching.itertuples()), "causal check", progress, unit="head"):
         delta = {}
         for domain in (row.dormant_domain, row.active_domain):
-            base, resids = clean[domain]
-            delta[domain] = _ablated_loss(model, prompts[domain], resids, int(row.layer), int(row.head)) - base
+            base, batches = clean[domain]
+            delta[domain] = _ablated_loss(model, batches, int(row.layer), int(row.head)) - base
         rows.append({"label": row.label, "dormant_domain": row.dormant_domain, "delta_dormant": delta[row.dormant_domain],
                      "active_domain": row.active_domain, "delta_active": delta[row.active_domain]})
     return pd.DataFrame(rows, columns=["label", "dormant_domain", "delta_dormant", "active_domain", "delta_active"])
