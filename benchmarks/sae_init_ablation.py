@@ -19,7 +19,6 @@ no decoder-norm rescaling; both; what `train_sae` ships (both, at lr 2e-3); and 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 
@@ -110,15 +109,12 @@ def main() -> None:
 
     import interp
     from saes.corpus import split_contexts, token_contexts
-    from saes.train import native_bf16
+    from saes.train import _lm_copy, native_bf16
 
     model = interp.load_model(args.model)
     bf16 = native_bf16(model.cfg.device) if args.bf16 == "auto" else args.bf16 == "on"
     train, held = split_contexts(token_contexts(model, "bible", context_size=128), 0.02, seed=0)
-    lm = model
-    if bf16:
-        lm = copy.deepcopy(model).to(torch.bfloat16)
-        lm.cfg.dtype = torch.bfloat16
+    lm = _lm_copy(model, "bfloat16" if bf16 else "float32")  # the forward train_sae's runner uses
     n_rows = -(-args.tokens // train.shape[1])
     rows = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_rows]]
     x = collect(lm, rows, args.layer)[: args.tokens]
